@@ -13,6 +13,7 @@ import sys
 # name -> module under diffill.commands (keep sorted; one line per command)
 COMMANDS: dict[str, str] = {
     "complete": "complete",
+    "corpus": "corpus",
     "info": "info",
     "infill": "infill",
 }
@@ -23,7 +24,9 @@ def _load(name: str):  # noqa: ANN202
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffill", description="Diffusion fill-in-the-middle code completion")
+    parser = argparse.ArgumentParser(
+        prog="diffill", description="Diffusion fill-in-the-middle code completion"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         if only is not None and name != only:

@@ -56,7 +56,13 @@ class ModelConfig:
         return asdict(self)
 
     def num_parameters(self) -> int:
-        d, h, kv, hd, i = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.intermediate_size
+        d, h, kv, hd, i = (
+            self.hidden_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.intermediate_size,
+        )
         qkv = d * (h + 2 * kv) * hd + ((h + 2 * kv) * hd if self.qkv_bias else 0)
         per_layer = qkv + h * hd * d + 3 * d * i + 2 * d + (2 * hd if self.qk_norm else 0)
         head = 0 if self.tie_embeddings else self.vocab_size * d

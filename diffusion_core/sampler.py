@@ -1,0 +1,354 @@
+"""Masked-diffusion fill-in-the-middle sampling.
+
+The canvas is ``begin + prefix + [mask] * n + suffix + end``. Each step runs one forward, reads
+the masked positions of the active block (shifted families read position j from output j-1),
+scores them, and commits every position whose confidence reaches ``tau`` — at least the best one
+(the Fast-dLLM rule). Middles longer than a block are decoded block by block, left to right.
+A committed end token (eos/pad) ends the completion: the positions after it become padding.
+
+Two samplers live here on purpose:
+- :func:`reference_sample`: one canvas, a full forward every step, no cache. Slow and obvious;
+  the fast path is tested against it.
+- :func:`sample_batch`: many canvases in one batch (left-padded so every middle starts at the
+  same index), DualCache K/V reuse (prefix and suffix K/V computed at the start of each block and
+  reused while only the active block is recomputed), and length-ensemble decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .families import FamilySpec
+
+CONFIDENCE_KINDS = ("maxprob", "entropy", "margin")
+
+
+class Cancelled(Exception):
+    """Raised between denoising steps when the caller's cancel check returns True."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to decode. ``quality`` is the one user-facing knob: 0 = fastest, 1 = best."""
+
+    quality: float = 0.5
+    block_size: int = 32
+    confidence: str = "maxprob"  # "maxprob" | "entropy" | "margin"
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    length_ensemble: bool = False
+    candidate_lengths: tuple[int, ...] = (8, 16, 32, 64)
+    cache: str = "dual"  # "dual" (DualCache) | "none" (full forward every step)
+    refresh_every: int = 0  # with "dual": also refresh the whole cache every N steps of a block (0 = never)
+    steps_per_block: int | None = None  # fixed forwards per block (benchmarks); overrides tau
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quality <= 1.0:
+            raise ValueError("quality must be in [0, 1]")
+        if self.block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        if self.confidence not in CONFIDENCE_KINDS:
+            raise ValueError(f"confidence must be one of {CONFIDENCE_KINDS}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if self.cache not in ("dual", "none"):
+            raise ValueError("cache must be 'dual' or 'none'")
+        if self.steps_per_block is not None and self.steps_per_block < 1:
+            raise ValueError("steps_per_block must be >= 1")
+        if self.refresh_every < 0:
+            raise ValueError("refresh_every must be >= 0")
+
+    @property
+    def tau(self) -> float:
+        """Confidence threshold: 0.7 at quality 0, 0.9 (Fast-dLLM's default) at 0.7, 0.99 at 1."""
+        return 0.7 + 0.29 * self.quality if self.quality <= 0.7 else 0.903 + 0.29 * (self.quality - 0.7)
+
+    def step_cap(self, block_len: int) -> int:
+        """Most forwards one block may take: block_len at quality 1, block_len/8 at quality 0."""
+        if self.steps_per_block is not None:
+            return min(self.steps_per_block, block_len)
+        lo = max(1, math.ceil(block_len / 8))
+        return max(1, round(lo + (block_len - lo) * self.quality))
+
+
+@dataclass
+class Canvas:
+    prefix: list[int]
+    suffix: list[int]
+    max_tokens: int
+
+
+@dataclass
+class SampleOutput:
+    tokens: list[int]  # completion tokens, end token and padding excluded
+    steps: int
+    stop_reason: str  # "eos" | "length"
+    score: float = 0.0  # mean log-confidence of the committed tokens (length-ensemble ranking)
+    canvas: list[int] | None = None  # the final canvas (begin + prefix + middle + suffix + end)
+
+
+CancelCheck = Callable[[], bool]
+
+
+# --------------------------------------------------------------------------------- scoring
+def _score(
+    logits: torch.Tensor, opts: SamplingOptions, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen token and its confidence in [0, 1] for each row of ``logits`` [N, V]."""
+    if opts.temperature > 0:
+        probs = torch.softmax(logits / opts.temperature, dim=-1)
+        if opts.top_p < 1:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > opts.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            probs = probs / probs.sum(-1, keepdim=True)
+        tokens = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        tokens = probs.argmax(dim=-1)
+    if opts.confidence == "maxprob":
+        conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
+    elif opts.confidence == "entropy":
+        ent = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+        conf = 1.0 - ent / math.log(probs.shape[-1])
+    else:
+        top2 = probs.topk(2, dim=-1).values
+        conf = top2[:, 0] - top2[:, 1]
+    return tokens, conf
+
+
+def _banned(family: FamilySpec) -> list[int]:
+    """Tokens the sampler must never commit: the mask itself and specials that are not end tokens."""
+    allowed = set(family.eos_ids) | {family.pad_id}
+    banned = {family.mask_id} | {i for i in family.special_ids if i not in allowed}
+    if family.expand_id is not None:
+        banned.add(family.expand_id)
+    return sorted(banned)
+
+
+def _generator(opts: SamplingOptions, device: torch.device) -> torch.Generator | None:
+    if opts.temperature <= 0:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0 if opts.seed is None else opts.seed)
+    return gen
+
+
+def _head(family: FamilySpec, prefix: list[int]) -> list[int]:
+    head = list(family.begin_ids) + list(prefix)
+    if family.shifted and not head:
+        # a shifted model reads the first middle token from the position before it
+        head = [family.pad_id]
+    return head
+
+
+def _finish(
+    family: FamilySpec, middle: list[int], steps: int, score: float, canvas: list[int]
+) -> SampleOutput:
+    end = set(family.eos_ids) | {family.pad_id}
+    cut = next((i for i, t in enumerate(middle) if t in end), None)
+    toks = middle if cut is None else middle[:cut]
+    toks = [t for t in toks if t not in family.special_ids and t != family.mask_id]
+    return SampleOutput(toks, steps, "length" if cut is None else "eos", score, canvas)
+
+
+# --------------------------------------------------------------------------------- reference
+@torch.inference_mode()
+def reference_sample(
+    model: torch.nn.Module, family: FamilySpec, canvas: Canvas, opts: SamplingOptions
+) -> SampleOutput:
+    """The plain sampler: one canvas, a full forward each step, no cache, no batching."""
+    head = _head(family, canvas.prefix)
+    n = canvas.max_tokens
+    ids = head + [family.mask_id] * n + list(canvas.suffix) + list(family.end_ids)
+    m0 = len(head)
+    device = model.head_weight.device
+    x = torch.tensor([ids], device=device)
+    masked = [True] * n
+    shift = 1 if family.shifted else 0
+    banned = _banned(family)
+    gen = _generator(opts, device)
+    end_ids = set(family.eos_ids) | {family.pad_id}
+    steps, logconf, count = 0, 0.0, 0
+    for bs in range(0, n, opts.block_size):
+        be = min(bs + opts.block_size, n)
+        cap = opts.step_cap(be - bs)
+        step = 0
+        while any(masked[bs:be]):
+            h = model(x)
+            steps += 1
+            pos = [j for j in range(bs, be) if masked[j]]
+            logits = model.logits(h[0, [m0 + j - shift for j in pos]])
+            logits[:, banned] = float("-inf")
+            tok, conf = _score(logits, opts, gen)
+            k = _commit_count(conf, len(pos), cap - step, opts)
+            order = sorted(range(len(pos)), key=lambda i: -float(conf[i]))[:k]
+            for i in order:
+                j = pos[i]
+                x[0, m0 + j] = tok[i]
+                masked[j] = False
+                logconf += math.log(max(float(conf[i]), 1e-30))
+                count += 1
+            mid = x[0, m0 : m0 + n].tolist()
+            first = next((j for j in range(n) if not masked[j] and mid[j] in end_ids), None)
+            if first is not None:
+                for j in range(first + 1, n):
+                    x[0, m0 + j] = family.pad_id
+                    masked[j] = False
+            step += 1
+    final = x[0].tolist()
+    return _finish(family, final[m0 : m0 + n], steps, logconf / max(count, 1), final)
+
+
+def _commit_count(conf: torch.Tensor, n_masked: int, steps_left: int, opts: SamplingOptions) -> int:
+    """How many positions one row commits this step (Fast-dLLM rule, bounded by the step cap)."""
+    needed = math.ceil(n_masked / max(steps_left, 1))
+    if opts.steps_per_block is not None:
+        return min(n_masked, max(1, needed))
+    above = int((conf >= opts.tau).sum())
+    return min(n_masked, max(1, above, needed))
+
+
+# --------------------------------------------------------------------------------- fast path
+@torch.inference_mode()
+def sample_batch(
+    model: torch.nn.Module,
+    family: FamilySpec,
+    canvases: list[Canvas],
+    opts: SamplingOptions,
+    cancel: CancelCheck | None = None,
+) -> list[SampleOutput]:
+    """Fill every canvas; with ``length_ensemble`` each canvas is tried at several mask counts in
+    the same batch and the candidate the model is most confident about wins."""
+    rows: list[tuple[int, int]] = []  # (canvas index, mask count)
+    for ci, c in enumerate(canvases):
+        if opts.length_ensemble:
+            lens = sorted({n for n in opts.candidate_lengths if 0 < n <= c.max_tokens}) or [c.max_tokens]
+        else:
+            lens = [c.max_tokens]
+        rows.extend((ci, n) for n in lens)
+    outs = _sample_rows(model, family, [(canvases[ci], n) for ci, n in rows], opts, cancel)
+    best: dict[int, SampleOutput] = {}
+    for (ci, _), out in zip(rows, outs):
+        if ci not in best or out.score > best[ci].score:
+            best[ci] = out
+    return [best[i] for i in range(len(canvases))]
+
+
+def _sample_rows(
+    model: torch.nn.Module,
+    family: FamilySpec,
+    rows: list[tuple[Canvas, int]],
+    opts: SamplingOptions,
+    cancel: CancelCheck | None,
+) -> list[SampleOutput]:
+    device = model.head_weight.device
+    heads = [_head(family, c.prefix) for c, _ in rows]
+    tails = [list(c.suffix) + list(family.end_ids) for c, _ in rows]
+    ns = [n for _, n in rows]
+    m0 = max(len(h) for h in heads)
+    max_n = max(ns)
+    total = m0 + max(n + len(t) for n, t in zip(ns, tails))
+    r = len(rows)
+
+    ids = torch.full((r, total), family.pad_id, dtype=torch.long)
+    key_mask = torch.zeros((r, total), dtype=torch.bool)
+    for i, (h, t, n) in enumerate(zip(heads, tails, ns)):
+        row = h + [family.mask_id] * n + t
+        lo = m0 - len(h)
+        ids[i, lo : lo + len(row)] = torch.tensor(row, dtype=torch.long)
+        key_mask[i, lo : lo + len(row)] = True
+    positions = (key_mask.long().cumsum(-1) - 1).clamp_min(0)
+    in_middle = torch.arange(max_n)[None, :] < torch.tensor(ns)[:, None]  # [r, max_n]
+    masked = torch.zeros((r, total), dtype=torch.bool)
+    masked[:, m0 : m0 + max_n] = in_middle
+    ids, key_mask, positions, masked, in_middle = (
+        t.to(device) for t in (ids, key_mask, positions, masked, in_middle)
+    )
+
+    shift = 1 if family.shifted else 0
+    banned = torch.tensor(_banned(family), device=device)
+    end_ids = torch.tensor(sorted(set(family.eos_ids) | {family.pad_id}), device=device)
+    gen = _generator(opts, device)
+    cache = model.new_cache(r, total) if opts.cache == "dual" else None
+    logconf = torch.zeros(r, device=device)
+    count = torch.zeros(r, device=device)
+    steps = 0
+    col = torch.arange(max_n, device=device)
+
+    for bstart in range(m0, m0 + max_n, opts.block_size):
+        bend = min(bstart + opts.block_size, m0 + max_n)
+        # each row's step cap comes from its own block length (a short middle has a short last block)
+        row_len = [min(max(n - (bstart - m0), 0), bend - bstart) for n in ns]
+        caps = torch.tensor([opts.step_cap(b) if b else 1 for b in row_len], device=device)
+        step = 0
+        while True:
+            blk_masked = masked[:, bstart:bend]
+            if not bool(blk_masked.any()):
+                break
+            if cancel is not None and cancel():
+                raise Cancelled()
+            refresh = cache is None or step == 0 or (opts.refresh_every and step % opts.refresh_every == 0)
+            if refresh:
+                h = model(ids, positions, key_mask, cache=cache, start=0)
+                hb = h[:, bstart - shift : bend - shift]
+            else:
+                ws = bstart - shift
+                h = model(ids[:, ws:bend], positions[:, ws:bend], key_mask, cache=cache, start=ws)
+                hb = h[:, : bend - bstart]
+            steps += 1
+
+            sel = blk_masked.nonzero(as_tuple=False)  # [N, 2] (row, col-in-block), row-major
+            logits = model.logits(hb[sel[:, 0], sel[:, 1]])
+            logits[:, banned] = float("-inf")
+            tok, conf = _score(logits, opts, gen)
+
+            # per-row commit counts, then top-k by confidence within each row
+            n_masked = blk_masked.sum(-1)  # [r]
+            steps_left = (caps - step).clamp_min(1)
+            needed = (n_masked + steps_left - 1) // steps_left
+            conf_grid = torch.full(blk_masked.shape, -1.0, device=device)
+            conf_grid[sel[:, 0], sel[:, 1]] = conf
+            if opts.steps_per_block is None:
+                above = (conf_grid >= opts.tau).sum(-1)
+                k = torch.maximum(torch.maximum(above, needed), torch.ones_like(needed))
+            else:
+                k = torch.maximum(needed, torch.ones_like(needed))
+            k = torch.minimum(k, n_masked)
+            order = conf_grid.argsort(dim=-1, descending=True, stable=True)
+            rank = torch.empty_like(order)
+            rank.scatter_(-1, order, torch.arange(order.shape[-1], device=device).expand_as(order))
+            commit = blk_masked & (rank < k[:, None])
+
+            tok_grid = torch.zeros(blk_masked.shape, dtype=torch.long, device=device)
+            tok_grid[sel[:, 0], sel[:, 1]] = tok
+            blk_ids = ids[:, bstart:bend]
+            ids[:, bstart:bend] = torch.where(commit, tok_grid, blk_ids)
+            masked[:, bstart:bend] = blk_masked & ~commit
+            logconf += torch.where(commit, conf_grid.clamp_min(1e-30).log(), 0.0).sum(-1)
+            count += commit.sum(-1)
+
+            # a committed end token ends the completion: everything after it becomes padding
+            mid_ids = ids[:, m0 : m0 + max_n]
+            is_end = torch.isin(mid_ids, end_ids) & ~masked[:, m0 : m0 + max_n] & in_middle
+            has_end = is_end.any(-1)
+            first = torch.where(has_end, is_end.int().argmax(-1), max_n)
+            after = (col[None, :] > first[:, None]) & in_middle
+            ids[:, m0 : m0 + max_n] = torch.where(after, family.pad_id, mid_ids)
+            masked[:, m0 : m0 + max_n] &= ~after
+            step += 1
+
+    final = ids.tolist()
+    valid = key_mask.tolist()
+    scores = (logconf / count.clamp_min(1)).tolist()
+    outs = []
+    for i in range(r):
+        canvas = [t for t, v in zip(final[i], valid[i]) if v]
+        outs.append(_finish(family, final[i][m0 : m0 + ns[i]], steps, scores[i], canvas))
+    return outs
