@@ -1,0 +1,146 @@
+"""Tokenizer: plain encode/decode, and the prefix/suffix budget windows used on huge buffers."""
+
+from __future__ import annotations
+
+import random
+import unicodedata
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diffusion_core.testing import BEGIN_TOKEN, CODE_SAMPLE, EOS_TOKEN, MASK_TOKEN, tiny_tokenizer
+from diffusion_core.tokenizer import Tokenizer
+
+TOK = tiny_tokenizer()
+
+ODD_TEXT = (
+    "def héllo(wörld):\r\n\treturn '😀 中文字符'  \n\n\n    x\u00a0=\u3000 1\t\t# tab\r\n"
+    "  \n🚀🚀 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 e\u0301 Ω\n"
+)
+
+
+def test_roundtrip_on_code_and_unicode() -> None:
+    for text in (CODE_SAMPLE, ODD_TEXT, "", " ", "\r\n", "\t\t\t"):
+        ids = TOK.encode(text)
+        # NFC normalisation is part of the pipeline, so decomposed input comes back composed
+        assert TOK.decode(ids) == unicodedata.normalize("NFC", text)
+
+
+def test_specials_are_ids_and_dropped_on_decode() -> None:
+    mask, eos, begin = (TOK.token_to_id(t) for t in (MASK_TOKEN, EOS_TOKEN, BEGIN_TOKEN))
+    assert None not in (mask, eos, begin)
+    assert {mask, eos, begin} <= TOK.special_ids
+    body = TOK.encode("x = 1")
+    assert TOK.decode([begin, *body, mask, eos]) == "x = 1"
+    assert TOK.token_to_id("<|definitely-not-a-token|>") is None
+    # ids beyond the tokenizer (a padded model head) are dropped rather than crashing
+    assert TOK.decode([*body, TOK.vocab_size + 5]) == "x = 1"
+
+
+def test_encode_adds_no_specials() -> None:
+    ids = TOK.encode("a")
+    assert ids and not set(ids) & TOK.special_ids
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def _check_prefix(tok: Tokenizer, text: str, budget: int) -> list[int]:
+    ids = tok.encode_prefix(text, budget)
+    full = tok.encode(text)
+    assert len(ids) <= max(budget, 0)
+    if len(full) <= budget:
+        assert ids == full
+    elif budget > 0:
+        kept = tok.decode(ids)
+        assert _nfc(text).endswith(kept)  # touches the cursor
+        assert tok.encode(kept) == ids  # exactly the encoding of the kept text
+        assert len(ids) >= budget - 4  # uses (nearly) the whole budget
+    return ids
+
+
+def _check_suffix(tok: Tokenizer, text: str, budget: int) -> list[int]:
+    ids = tok.encode_suffix(text, budget)
+    full = tok.encode(text)
+    assert len(ids) <= max(budget, 0)
+    if len(full) <= budget:
+        assert ids == full
+    elif budget > 0:
+        kept = tok.decode(ids)
+        assert _nfc(text).startswith(kept)
+        assert tok.encode(kept) == ids
+        assert len(ids) >= budget - 4
+    return ids
+
+
+@pytest.mark.parametrize("budget", [0, 1, 2, 7, 64, 500, 100000])
+def test_budgets_on_code(budget: int) -> None:
+    text = CODE_SAMPLE + ODD_TEXT + CODE_SAMPLE
+    _check_prefix(TOK, text, budget)
+    _check_suffix(TOK, text, budget)
+
+
+def test_prefix_suffix_match_full_encoding_on_typical_code() -> None:
+    text = CODE_SAMPLE * 3
+    full = TOK.encode(text)
+    assert TOK.encode_prefix(text, 300) == full[-300:]
+    assert TOK.encode_suffix(text, 300) == full[:300]
+
+
+def test_multi_megabyte_buffer_is_windowed() -> None:
+    """A 4 MB buffer must not be encoded whole: count the characters the backend sees."""
+    big = (CODE_SAMPLE + ODD_TEXT) * 2500
+    assert len(big) > 4_000_000
+    seen: list[int] = []
+
+    class Spy:
+        def __init__(self, inner):  # noqa: ANN001
+            self.inner = inner
+
+        def encode(self, text, add_special_tokens=True):  # noqa: ANN001
+            seen.append(len(text))
+            return self.inner.encode(text, add_special_tokens=add_special_tokens)
+
+        def __getattr__(self, name):  # noqa: ANN001
+            return getattr(self.inner, name)
+
+    tok = tiny_tokenizer()
+    tok.backend = Spy(tok.backend)
+    pre = tok.encode_prefix(big, 1536)
+    suf = tok.encode_suffix(big, 512)
+    assert max(seen) < 100_000
+    assert len(pre) == 1536 and len(suf) == 512
+    assert TOK.encode(TOK.decode(pre)) == pre and _nfc(big).endswith(TOK.decode(pre))
+    assert TOK.encode(TOK.decode(suf)) == suf and _nfc(big).startswith(TOK.decode(suf))
+
+
+def test_windows_grow_for_whitespace_heavy_text() -> None:
+    """Long runs of spaces make few tokens per character: the window has to grow."""
+    text = ("x" + " " * 3000 + "\n") * 40
+    _check_prefix(TOK, text, 50)
+    _check_suffix(TOK, text, 50)
+
+
+_alphabet = st.sampled_from(
+    list("abc xyz_(){}[]:.,=+-*/'\"#\t\n\r") + ["    ", "😀", "中", "é", "\u00a0", "def ", "return "]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(_alphabet, max_size=300), budget=st.integers(min_value=-1, max_value=120))
+def test_budget_properties(parts: list[str], budget: int) -> None:
+    text = "".join(parts)
+    _check_prefix(TOK, text, budget)
+    _check_suffix(TOK, text, budget)
+
+
+def test_random_cut_points_of_code() -> None:
+    rng = random.Random(0)
+    text = CODE_SAMPLE + ODD_TEXT
+    for _ in range(40):
+        cursor = rng.randrange(len(text) + 1)
+        budget = rng.randrange(1, 200)
+        _check_prefix(TOK, text[:cursor], budget)
+        _check_suffix(TOK, text[cursor:], budget)
