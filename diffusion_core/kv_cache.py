@@ -2,6 +2,11 @@
 
 Holds K/V of the whole canvas (prefix + middle + suffix). A window forward overwrites its own
 slice and reads everything, so prefix and suffix K/V are computed once per block and reused.
+
+``write_mask`` (bool [B, length], optional) marks the positions a *window* write may replace; the
+others keep their cached K/V. Batched canvases share one window, and without it a short row's
+suffix would be refreshed mid-block when it would not be if decoded alone; with it, batching
+never changes a row's result. A write covering the whole cache (a refresh) ignores it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ class KVCache:
         shape = (num_layers, batch, num_kv_heads, length, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.write_mask: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -32,6 +38,10 @@ class KVCache:
         t = k.shape[2]
         if start < 0 or start + t > self.length:
             raise IndexError(f"cache write [{start}, {start + t}) outside [0, {self.length})")
+        if self.write_mask is not None and t < self.length:
+            keep = ~self.write_mask[:, None, start : start + t, None]
+            k = torch.where(keep, self.k[layer, :, :, start : start + t], k)
+            v = torch.where(keep, self.v[layer, :, :, start : start + t], v)
         self.k[layer, :, :, start : start + t] = k
         self.v[layer, :, :, start : start + t] = v
 

@@ -277,6 +277,11 @@ def _sample_rows(
     end_ids = torch.tensor(sorted(set(family.eos_ids) | {family.pad_id}), device=device)
     gen = _generator(opts, device)
     cache = model.new_cache(r, total) if opts.cache == "dual" else None
+    if cache is not None:
+        # a window may refresh a row's head and middle, never its suffix (as if decoded alone)
+        cache.write_mask = (
+            torch.arange(total, device=device)[None, :] < (m0 + torch.tensor(ns, device=device))[:, None]
+        )
     logconf = torch.zeros(r, device=device)
     count = torch.zeros(r, device=device)
     steps = 0

@@ -1,0 +1,40 @@
+"""Arguments shared by every command that loads a model, and the one way to build an Engine from them."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded model)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=64, help="masked middle length (default 64)")
+    p.add_argument("--quality", type=float, default=0.5, help="0 = fastest, 1 = best (default 0.5)")
+    p.add_argument("--block-size", type=int, default=32)
+    p.add_argument("--length-ensemble", action="store_true", help="try several middle lengths at once")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+
+
+def sampling_options(args: argparse.Namespace):  # noqa: ANN201
+    from diffusion_core.sampler import SamplingOptions
+
+    return SamplingOptions(
+        quality=args.quality,
+        block_size=args.block_size,
+        length_ensemble=args.length_ensemble,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+
+
+def load_engine(args: argparse.Namespace):  # noqa: ANN201
+    from diffusion_core.engine import Engine
+
+    return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)

@@ -1,0 +1,51 @@
+"""`diffill complete FILE --line L --col C`: fill the middle at one cursor position of a file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._model_args import add_model_arguments, add_sampling_arguments, load_engine, sampling_options
+
+HELP = "complete the code at a cursor position in FILE (1-based line and column)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path)
+    p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
+    p.add_argument("--col", type=int, required=True, help="1-based column (in characters) of the cursor")
+    p.add_argument("--json", action="store_true", help="print text, tokens, steps, latency_ms as JSON")
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+
+
+def split_at(text: str, line: int, col: int) -> tuple[str, str]:
+    """Prefix and suffix around a 1-based (line, column) cursor; raises ValueError when out of range."""
+    lines = text.splitlines(keepends=True) or [""]
+    if text.endswith("\n"):
+        lines.append("")
+    if not 1 <= line <= len(lines):
+        raise ValueError(f"line {line} is outside the file (1..{len(lines)})")
+    body = lines[line - 1].rstrip("\r\n")
+    if not 1 <= col <= len(body) + 1:
+        raise ValueError(f"column {col} is outside line {line} (1..{len(body) + 1})")
+    offset = sum(len(x) for x in lines[: line - 1]) + col - 1
+    return text[:offset], text[offset:]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        text = args.file.read_text(encoding="utf-8")
+        prefix, suffix = split_at(text, args.line, args.col)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        print(f"diffill complete: {e}", file=sys.stderr)
+        return 2
+    engine = load_engine(args)
+    c = engine.infill(prefix, suffix, max_tokens=args.max_tokens, options=sampling_options(args))
+    if args.json:
+        print(json.dumps({"text": c.text, "tokens": c.tokens, "steps": c.steps, "latency_ms": c.latency_ms}))
+    else:
+        sys.stdout.write(c.text + ("" if c.text.endswith("\n") else "\n"))
+    return 0

@@ -1,0 +1,174 @@
+"""The public API: load a checkpoint directory, fill the middle between a prefix and a suffix.
+
+Everything outside ``diffusion_core`` (the language server, the HTTP server, the CLI, the
+benchmarks) goes through :class:`Engine`; nothing here imports LSP or HTTP code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .families import FamilySpec
+from .sampler import Cancelled, Canvas, SamplingOptions, sample_batch
+from .tokenizer import Tokenizer
+
+__all__ = ["Cancelled", "Completion", "Engine", "InfillRequest", "SamplingOptions", "default_model_dir"]
+
+CancelCheck = Callable[[], bool]
+
+
+def default_model_dir() -> Path:
+    """The embedded default model that ships inside the package."""
+    return Path(__file__).resolve().parent / "default_model"
+
+
+@dataclass
+class Completion:
+    text: str  # never contains special tokens
+    tokens: int  # tokens in the completion (before the end token)
+    steps: int  # forward passes spent on this request
+    latency_ms: float
+    stop_reason: str  # "eos": the model ended it; "length": max_tokens reached
+
+
+@dataclass
+class InfillRequest:
+    prefix: str
+    suffix: str
+    max_tokens: int = 64
+    options: SamplingOptions | None = None
+    language: str | None = None
+
+
+@dataclass
+class _Budget:
+    prefix_tokens: int
+    suffix_tokens: int
+
+
+@dataclass
+class Engine:
+    """Owns one model. Calls are serialised by a lock: one worker owns the model."""
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    family: FamilySpec
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    max_prefix_tokens: int = 1536
+    max_suffix_tokens: int = 512
+    default_options: SamplingOptions = field(default_factory=SamplingOptions)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> Engine:
+        """Load a Hugging Face-format directory (or the embedded default when ``path`` is None).
+
+        bf16 on CUDA and fp32 on CPU unless ``dtype`` says otherwise. Never runs code from the
+        directory: safetensors and JSON only.
+        """
+        ckpt: LoadedCheckpoint = load_checkpoint(path or default_model_dir(), device=device, dtype=dtype)
+        return cls(
+            model=ckpt.model,
+            tokenizer=ckpt.tokenizer,
+            family=ckpt.family,
+            model_id=ckpt.model_id,
+            device=ckpt.device,
+            dtype=ckpt.dtype,
+        )
+
+    # ----------------------------------------------------------------------------- context
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def fit_context(
+        self, prefix: str, suffix: str, prefix_tokens: int | None = None, suffix_tokens: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Token ids of the prefix and suffix, cut to their budgets from the cursor outwards."""
+        pb = self.max_prefix_tokens if prefix_tokens is None else prefix_tokens
+        sb = self.max_suffix_tokens if suffix_tokens is None else suffix_tokens
+        return self.tokenizer.encode_prefix(prefix, pb), self.tokenizer.encode_suffix(suffix, sb)
+
+    # ----------------------------------------------------------------------------- infill
+    def infill(
+        self,
+        prefix: str,
+        suffix: str = "",
+        max_tokens: int = 64,
+        options: SamplingOptions | None = None,
+        cancel: CancelCheck | None = None,
+        language: str | None = None,
+    ) -> Completion:
+        """Fill the hole between ``prefix`` and ``suffix``. ``cancel`` is polled between denoising
+        steps; when it returns True the call raises :class:`Cancelled`."""
+        req = InfillRequest(prefix, suffix, max_tokens, options, language)
+        return self.infill_batch([req], cancel=cancel)[0]
+
+    def infill_batch(
+        self, requests: Sequence[InfillRequest], cancel: CancelCheck | None = None
+    ) -> list[Completion]:
+        """Fill several holes in one batched run (requests with equal options share forwards)."""
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        results: list[Completion | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.max_tokens < 0:
+                raise ValueError("max_tokens must be >= 0")
+            opts = r.options or self.default_options
+            groups.setdefault(_options_key(opts), []).append(i)
+        with self._lock, torch.inference_mode():
+            for idx in groups.values():
+                opts = requests[idx[0]].options or self.default_options
+                canvases = []
+                for i in idx:
+                    p, s = self.fit_context(requests[i].prefix, requests[i].suffix)
+                    canvases.append(Canvas(prefix=p, suffix=s, max_tokens=requests[i].max_tokens))
+                outs = sample_batch(self.model, self.family, canvases, opts, cancel=cancel)
+                for i, out in zip(idx, outs):
+                    results[i] = Completion(
+                        text=self.tokenizer.decode(out.tokens),
+                        tokens=len(out.tokens),
+                        steps=out.steps,
+                        latency_ms=0.0,
+                        stop_reason=out.stop_reason,
+                    )
+        latency = (time.perf_counter() - t0) * 1000.0
+        return [replace(c, latency_ms=latency) for c in results if c is not None]
+
+    # ----------------------------------------------------------------------------- info
+    def info(self) -> dict:
+        cfg = self.model.cfg
+        return {
+            "model_id": self.model_id,
+            "family": self.family.name,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "shifted_logits": self.family.shifted,
+            "mask_id": self.family.mask_id,
+            "eos_ids": list(self.family.eos_ids),
+            "pad_id": self.family.pad_id,
+            "begin_ids": list(self.family.begin_ids),
+            "end_ids": list(self.family.end_ids),
+            "vocab_size": cfg.vocab_size,
+            "config": cfg.to_dict(),
+        }
+
+
+def _options_key(o: SamplingOptions) -> tuple:
+    return tuple(sorted(vars(o).items()))
