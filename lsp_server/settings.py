@@ -1,0 +1,132 @@
+"""The one settings schema of the language server, and how client input is merged into it.
+
+Where settings come from (later wins, field by field):
+
+1. ``diffill serve`` flags (``--model``, ``--device``, ``--dtype``) give the defaults;
+2. ``initializationOptions`` of the ``initialize`` request;
+3. the ``diffill`` section pulled with ``workspace/configuration`` after ``initialized`` (when the
+   client advertises ``workspace.configuration``);
+4. ``workspace/didChangeConfiguration``: ``params.settings`` (either ``{"diffill": {...}}`` or the
+   section itself); a null payload makes the server pull the section again.
+
+Every source is a JSON object with the camelCase keys below; ``{"diffill": {...}}`` is unwrapped.
+A bad field is reported on its own (``window/showMessage``, type Warning, one line per field:
+``diffill.maxTokens: Expected `int` >= 1``) and keeps its previous value; the other fields still
+apply. Unknown keys are reported too, so typos do not pass silently.
+
+Keys (JSON name: type = default — meaning):
+
+- ``modelPath``: str | null = null — model directory; null means the ``--model`` flag, else the
+  embedded default model. Changing it (or ``device``/``dtype``) reloads the model in the background.
+- ``device``: str | null = null — ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; null picks automatically.
+- ``dtype``: ``"float32" | "bfloat16" | "float16"`` | null = null — null: bf16 on CUDA, fp32 on CPU.
+- ``enabled``: bool = true — master switch; false answers every request with no items.
+- ``maxTokens``: int 1..512 = 64 — longest completion in tokens.
+- ``maxLines``: int 1..200 = 8 — line cap of a multi-line completion (end of line / empty line).
+- ``prefixTokens``: int 16..32768 = 1024 — context budget before the cursor, in model tokens.
+- ``suffixTokens``: int 0..32768 = 256 — context budget after the cursor, in model tokens.
+- ``extraContextTokens``: int 0..32768 = 0 — budget for snippets of other open / recently edited
+  files of the same language, placed before the prefix (0 turns the ring buffer off).
+- ``debounceMs``: int 0..5000 = 60 — wait after an Automatic trigger before asking the model
+  (Invoked triggers never wait).
+- ``quality``: float 0..1 = 0.5 — the engine's quality/speed knob (1 = best, slowest).
+- ``lengthEnsemble``: bool = false — let the engine try several completion lengths at once.
+- ``languages``: list[str] = ["*"] — language ids to complete; ``"*"`` means all, ``"-markdown"``
+  excludes one (exclusions win).
+- ``cacheSize``: int 0..100000 = 512 — completions kept in the LRU cache (0 disables it).
+- ``cacheTtlS``: float 0..86400 = 600 — seconds a cached completion stays valid.
+- ``prefetch``: bool = true — after showing a completion, compute the one that follows it in idle
+  time, so accepting and continuing is instant.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = ["SECTION", "Settings", "merge_settings", "unwrap_section"]
+
+SECTION = "diffill"
+
+_Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
+    """Validated server settings; JSON names are camelCase (see the module docstring)."""
+
+    model_path: str | None = None
+    device: str | None = None
+    dtype: _Dtype | None = None
+    enabled: bool = True
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 64
+    max_lines: Annotated[int, msgspec.Meta(ge=1, le=200)] = 8
+    prefix_tokens: Annotated[int, msgspec.Meta(ge=16, le=32768)] = 1024
+    suffix_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 256
+    extra_context_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 0
+    debounce_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 60
+    quality: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+    length_ensemble: bool = False
+    languages: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    cache_size: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 512
+    cache_ttl_s: Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)] = 600.0
+    prefetch: bool = True
+
+    def language_enabled(self, language_id: str | None) -> bool:
+        """Whether completions are offered for ``language_id`` (exclusions beat inclusions)."""
+        lang = (language_id or "").lower()
+        items = [s.lower() for s in self.languages]
+        if f"-{lang}" in items:
+            return False
+        return "*" in items or lang in items
+
+    def model_key(self) -> tuple[str | None, str | None, str | None]:
+        """What identifies the loaded model: a change of it means a reload."""
+        return (self.model_path, self.device, self.dtype)
+
+    def sampling_key(self) -> tuple:
+        """The settings that change the model's output, for cache keys."""
+        return (self.max_tokens, self.prefix_tokens, self.suffix_tokens, self.extra_context_tokens,
+                round(self.quality, 4), self.length_ensemble)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as the client would write them (camelCase keys)."""
+        return msgspec.to_builtins(self)
+
+
+_FIELDS = {f.encode_name: f for f in msgspec.structs.fields(Settings)}
+
+
+def unwrap_section(payload: Any) -> Any:
+    """Accept both ``{"diffill": {...}}`` and the bare section, as clients send either."""
+    if isinstance(payload, dict) and isinstance(payload.get(SECTION), dict):
+        return payload[SECTION]
+    return payload
+
+
+def merge_settings(base: Settings, payload: Any) -> tuple[Settings, list[str]]:
+    """Apply a client payload over ``base`` field by field.
+
+    Returns the new settings and one human-readable error per rejected field. A bad field keeps
+    its value from ``base`` instead of failing the whole payload, so one typo in an editor's
+    config never turns completions off.
+    """
+    payload = unwrap_section(payload)
+    if payload is None:
+        return base, []
+    if not isinstance(payload, dict):
+        return base, [f"{SECTION}: expected an object of settings, got {type(payload).__name__}"]
+    changes: dict[str, Any] = {}
+    errors: list[str] = []
+    for key, value in payload.items():
+        field = _FIELDS.get(key)
+        if field is None:
+            errors.append(f"{SECTION}.{key}: unknown setting (known: {', '.join(sorted(_FIELDS))})")
+            continue
+        try:
+            one = msgspec.convert({key: value}, Settings)
+        except msgspec.ValidationError as exc:
+            errors.append(f"{SECTION}.{key}: {str(exc).split(' - at ')[0]}")
+            continue
+        changes[field.name] = getattr(one, field.name)
+    return (msgspec.structs.replace(base, **changes) if changes else base), errors
