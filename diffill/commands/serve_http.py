@@ -1,0 +1,97 @@
+"""`diffill serve-http`: the OpenAI-compatible HTTP server with dynamic batching (team mode)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from ._model_args import add_model_arguments
+
+HELP = "serve an OpenAI-compatible HTTP API (/v1/completions with suffix, /v1/chat/completions)"
+
+API_KEY_ENV = "DIFFILL_API_KEY"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; unset = no auth)",
+    )
+    p.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
+    p.add_argument(
+        "--max-batch", type=int, default=16, help="most requests in one batched run (1 = no batching)"
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=3.0,
+        help="how long the worker may wait for company under concurrent load (default 3)",
+    )
+    p.add_argument("--max-pending", type=int, default=1024, help="queued requests before answering 503")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens accepted")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from diffusion_core.batcher import Batcher
+    from diffusion_core.engine import Engine, default_model_dir
+    from http_server.app import ServerConfig, create_app
+    from http_server.chat import load_chat_template
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log = logging.getLogger("diffill.http")
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning(
+            "listening on %s without an API key: anyone who can reach it can use the model", args.host
+        )
+
+    model_dir = args.model or default_model_dir()
+    engine = Engine.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
+    try:
+        chat_template = load_chat_template(model_dir)
+    except Exception as exc:  # a broken template disables chat, not the server
+        log.error("chat template of %s is unusable (%s); /v1/chat/completions disabled", model_dir, exc)
+        chat_template = None
+    config = ServerConfig(
+        api_key=api_key,
+        served_model_name=args.served_model_name,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens_limit=args.max_tokens_limit,
+    )
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        print(f"diffill serve-http: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    port = sock.getsockname()[1]
+    batcher = Batcher(
+        engine, max_batch=args.max_batch, wait_ms=args.batch_wait_ms, max_pending=args.max_pending
+    )
+    try:
+        app = create_app(engine, batcher, config, chat_template)
+        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
+        shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+        print(f"diffill serve-http: {engine.model_id} listening on http://{shown}:{port}", flush=True)
+        server.run(sockets=[sock])
+    finally:
+        batcher.close()
+        sock.close()
+    return 0

@@ -1,0 +1,307 @@
+"""Dynamic batching in front of one :class:`~diffusion_core.engine.Engine`.
+
+Why: the model owner is a single worker, and a batched denoising run costs far less than the
+same requests one after another. Callers from any front end (HTTP handlers, the language
+server's worker) call :meth:`Batcher.submit` and get a ``concurrent.futures.Future``; one
+worker thread gathers whatever is waiting into one ``engine.infill_batch`` call.
+
+Batch-1 latency is protected by an adaptive wait: the worker only lingers for company (at
+most ``wait_ms``) when there is evidence of concurrent traffic -- the previous batch had more
+than one request, or the next request arrived within the wait budget of the previous one. A
+lone editor typing never pays the wait.
+
+Cancellation: ``Future.cancel()`` or the per-request ``cancel`` callable. Cancelled requests
+still waiting are dropped before they reach the model; a running batch is stopped (the engine
+raises ``Cancelled``) once every request in it is cancelled. Otherwise the batch finishes and a
+cancelled request's result is discarded.
+
+No HTTP or LSP imports here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field, is_dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .sampler import Cancelled
+
+if TYPE_CHECKING:
+    from .engine import Completion, InfillRequest
+
+__all__ = ["Batcher", "BatcherClosed", "BatcherStats", "Cancelled", "Overloaded"]
+
+log = logging.getLogger(__name__)
+
+CancelCheck = Callable[[], bool]
+
+
+class BatchEngine(Protocol):
+    """What the batcher needs from an engine (the real :class:`Engine` or a test double)."""
+
+    def infill_batch(
+        self, requests: Sequence[InfillRequest], cancel: CancelCheck | None = None
+    ) -> list[Completion]: ...
+
+
+class Overloaded(RuntimeError):
+    """Raised by :meth:`Batcher.submit` when ``max_pending`` requests are already waiting."""
+
+
+class BatcherClosed(RuntimeError):
+    """Raised for requests submitted to (or still waiting in) a closed batcher."""
+
+
+@dataclass
+class BatcherStats:
+    """Counters for health endpoints and benchmarks (a snapshot; not live)."""
+
+    requests: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    batches: int = 0
+    pending: int = 0
+    max_batch_seen: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # size -> how many batches
+
+
+@dataclass
+class _Job:
+    request: InfillRequest
+    cancel: CancelCheck | None
+    future: Future
+    key: Hashable
+    submitted: float
+    gap: float  # seconds since the previous submit
+
+    def cancelled(self) -> bool:
+        if self.future.cancelled():
+            return True
+        if self.cancel is None:
+            return False
+        try:
+            return bool(self.cancel())
+        except Exception:  # a broken cancel check must not take the batch down with it
+            log.exception("cancel check raised; treating the request as cancelled")
+            return True
+
+
+class Batcher:
+    """Gathers concurrent infill requests into batched engine calls on one worker thread."""
+
+    def __init__(
+        self,
+        engine: BatchEngine,
+        *,
+        max_batch: int = 16,
+        wait_ms: float = 3.0,
+        max_pending: int = 1024,
+        name: str = "diffill-batcher",
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        if wait_ms < 0:
+            raise ValueError("wait_ms must be >= 0")
+        self.engine = engine
+        self.max_batch = max_batch
+        self.wait_s = wait_ms / 1000.0
+        self.max_pending = max_pending
+        self._pending: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._last_submit = float("-inf")
+        self._last_batch_size = 0
+        self._stats = BatcherStats()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------- public API
+    def submit(self, request: InfillRequest, cancel: CancelCheck | None = None) -> Future[Completion]:
+        """Queue one request; the Future resolves to its Completion, or raises ``Cancelled``,
+        ``BatcherClosed`` or the engine's error for this request alone."""
+        if request.max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0")
+        fut: Future[Completion] = Future()
+        now = time.perf_counter()
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("batcher is closed")
+            if len(self._pending) >= self.max_pending:
+                raise Overloaded(f"{len(self._pending)} requests already waiting")
+            job = _Job(request, cancel, fut, self._key(request), now, now - self._last_submit)
+            self._last_submit = now
+            self._pending.append(job)
+            self._stats.requests += 1
+            self._cond.notify()
+        return fut
+
+    def stats(self) -> BatcherStats:
+        with self._cond:
+            s = replace(self._stats, batch_sizes=dict(self._stats.batch_sizes))
+            s.pending = len(self._pending)
+            return s
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker thread runs and the batcher accepts work."""
+        return self._thread.is_alive() and not self._closed
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Stop accepting work, fail what is still waiting, let the running batch finish."""
+        with self._cond:
+            self._closed = True
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        for job in dropped:
+            _set_exception(job.future, BatcherClosed("batcher closed before the request ran"))
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Batcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- worker
+    def _key(self, request: InfillRequest) -> Hashable:
+        """Requests with equal sampling options share one denoising run."""
+        opts = request.options
+        if opts is None:
+            opts = getattr(self.engine, "default_options", None)
+        if opts is None:
+            return None
+        try:
+            key = tuple(sorted(vars(opts).items()))
+            hash(key)
+            return key
+        except TypeError:  # no __dict__, or unhashable values
+            return repr(opts)
+
+    def _want_company(self, head: _Job) -> bool:
+        return (
+            self.wait_s > 0 and self.max_batch > 1 and (self._last_batch_size > 1 or head.gap < self.wait_s)
+        )
+
+    def _take_batch(self) -> list[_Job] | None:
+        """Block until work exists; return the next batch (None once closed and drained)."""
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if not self._pending:
+                return None
+            head = self._pending[0]
+            if self._want_company(head):
+                target = self.max_batch
+                if self._last_batch_size > 1:
+                    target = min(target, self._last_batch_size)
+                deadline = time.perf_counter() + self.wait_s
+                while not self._closed and sum(1 for j in self._pending if j.key == head.key) < target:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            batch: list[_Job] = []
+            keep: deque[_Job] = deque()
+            while self._pending:
+                job = self._pending.popleft()
+                if len(batch) < self.max_batch and job.key == head.key:
+                    batch.append(job)
+                else:
+                    keep.append(job)
+            self._pending = keep
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            live = []
+            for job in batch:
+                if job.cancelled():
+                    self._finish_cancelled(job)
+                else:
+                    live.append(job)
+            if live:
+                try:
+                    self._execute(live)
+                except Exception as exc:  # keep the worker alive whatever happens
+                    log.exception("batch failed unexpectedly")
+                    for job in live:
+                        self._fail(job, exc)
+
+    def _execute(self, jobs: list[_Job]) -> None:
+        with self._cond:
+            self._last_batch_size = len(jobs)
+            self._stats.batches += 1
+            self._stats.max_batch_seen = max(self._stats.max_batch_seen, len(jobs))
+            self._stats.batch_sizes[len(jobs)] = self._stats.batch_sizes.get(len(jobs), 0) + 1
+        try:
+            results = self.engine.infill_batch(
+                [j.request for j in jobs], cancel=lambda: all(j.cancelled() for j in jobs)
+            )
+        except Cancelled:
+            for job in jobs:
+                self._finish_cancelled(job)
+            return
+        except Exception as exc:
+            if len(jobs) == 1:
+                self._fail(jobs[0], exc)
+                return
+            # one bad request must not fail its neighbours: rerun them one at a time
+            log.warning("batch of %d failed (%s); retrying one at a time", len(jobs), exc)
+            for job in jobs:
+                if job.cancelled():
+                    self._finish_cancelled(job)
+                else:
+                    self._execute([job])
+            return
+        if len(results) != len(jobs):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
+        done = time.perf_counter()
+        for job, res in zip(jobs, results):
+            if job.cancelled():
+                self._finish_cancelled(job)
+                continue
+            if is_dataclass(res) and hasattr(res, "latency_ms"):
+                res = replace(res, latency_ms=(done - job.submitted) * 1000.0)  # includes queueing
+            if _set_result(job.future, res):
+                with self._cond:
+                    self._stats.completed += 1
+
+    def _finish_cancelled(self, job: _Job) -> None:
+        with self._cond:
+            self._stats.cancelled += 1
+        _set_exception(job.future, Cancelled())
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        with self._cond:
+            self._stats.failed += 1
+        _set_exception(job.future, exc)
+
+
+def _set_result(fut: Future, value: Any) -> bool:
+    if fut.done():
+        return False
+    try:
+        fut.set_result(value)
+        return True
+    except InvalidStateError:  # cancelled by the caller in the meantime
+        return False
+
+
+def _set_exception(fut: Future, exc: BaseException) -> None:
+    if fut.done():
+        return
+    try:
+        fut.set_exception(exc)
+    except InvalidStateError:
+        pass
