@@ -45,7 +45,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-__all__ = ["SECTION", "Settings", "merge_settings", "unwrap_section"]
+__all__ = ["SECTION", "Settings", "is_for_us", "merge_settings", "unwrap_section"]
 
 SECTION = "diffill"
 
@@ -102,6 +102,14 @@ def unwrap_section(payload: Any) -> Any:
     if isinstance(payload, dict) and isinstance(payload.get(SECTION), dict):
         return payload[SECTION]
     return payload
+
+
+def is_for_us(payload: Any) -> bool:
+    """Whether a didChangeConfiguration payload carries our settings (clients also send other
+    sections, or nothing, and expect the server to pull)."""
+    if not isinstance(payload, dict) or not payload:
+        return False
+    return isinstance(payload.get(SECTION), dict) or any(k in _FIELDS for k in payload)
 
 
 def merge_settings(base: Settings, payload: Any) -> tuple[Settings, list[str]]:

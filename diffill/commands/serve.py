@@ -1,0 +1,74 @@
+"""`diffill serve`: the language server editors start (LSP over stdio, or TCP with --tcp)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ._model_args import add_model_arguments
+
+HELP = "run the Diffill language server (LSP over stdio by default)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stdio", action="store_true", help="speak LSP over stdin/stdout (the default)")
+    p.add_argument("--tcp", metavar="[HOST:]PORT",
+                   help="listen for one client on TCP instead; HOST defaults to 127.0.0.1, PORT 0 picks one "
+                        "(the address is printed to stderr)")
+    add_model_arguments(p)
+    p.add_argument("--log-file", metavar="PATH", help="write the log here instead of stderr")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    # vscode-languageclient passes this to servers it starts; the LSP initialize request carries it too
+    p.add_argument("--clientProcessId", help=argparse.SUPPRESS)
+
+
+def parse_tcp(value: str) -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[IPv6]:PORT`` → (host, port); host defaults to loopback."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "", value
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--tcp expects [HOST:]PORT, got {value!r}")
+    return host, int(port)
+
+
+def _setup_logging(path: str | None, level: str) -> None:
+    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pygls logs every message body at INFO: keep that for --log-level debug only
+    logging.getLogger("pygls").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        tcp = parse_tcp(args.tcp) if args.tcp else None
+    except ValueError as exc:
+        print(f"diffill serve: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.log_file, args.log_level)
+
+    from lsp_server.backend import ModelDefaults
+    from lsp_server.server import create_server
+
+    server = create_server(ModelDefaults(args.model, args.device, args.dtype))
+    if tcp is not None:
+        server.serve_tcp(*tcp)
+    else:
+        # stdout is the protocol channel: give the server its own copy of the descriptor and point
+        # fd 1 at stderr, so a stray print (ours, a library's, a C extension's) cannot corrupt it.
+        lsp_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        sys.stdout = sys.stderr
+        server.start_io(sys.stdin.buffer, lsp_out)
+    code = server.exit_code if server.exit_code is not None else (0 if server.protocol._shutdown else 1)
+    logging.shutdown()
+    sys.stderr.flush()
+    # pygls' stdin reader thread may still block in read(): leave without waiting for it
+    os._exit(code)

@@ -1,0 +1,186 @@
+"""One completion request from document position to ghost text, cheapest answer first.
+
+typed-through remainder → cache → (debounced, superseding) model run → post-processing →
+remember what was shown → prefetch what comes after it. The LSP wiring in ``server.py`` turns a
+:class:`Suggestion` into an inline item or a completion item.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lsprotocol import types
+
+from .backend import Backend, InfillJob
+from .cache import CompletionCache, Shown, TypedThrough, cache_key
+from .context import Context, RingBuffer, after_accepting, build_context, cut_prefix, cut_suffix
+from .documents import DocumentStore
+from .postprocess import postprocess
+from .scheduler import Scheduler
+from .settings import Settings
+from .stats import Stats
+from .worker import EngineWorker, Prepare
+
+__all__ = ["Completer", "Suggestion"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Text to insert over ``[start, end)`` (an empty range at the cursor for pure insertion)."""
+
+    id: str
+    text: str
+    start: types.Position
+    end: types.Position
+    source: str  # "model" | "cache" | "prefetch" | "typed-through"
+
+
+class Completer:
+    """The completion pipeline; owns the cache, typed-through state and the ring buffer."""
+
+    def __init__(self, store: DocumentStore, worker: EngineWorker, stats: Stats,
+                 settings: Callable[[], Settings]) -> None:
+        self.store = store
+        self.worker = worker
+        self.stats = stats
+        self.scheduler = Scheduler(worker, stats)
+        self._settings = settings
+        s = settings()
+        self.cache = CompletionCache(s.cache_size, s.cache_ttl_s)
+        self.typed = TypedThrough()
+        self.ring = RingBuffer()
+        self._ids = itertools.count(1)
+        self._prefetched: OrderedDict[bytes, None] = OrderedDict()
+        self._last_cursor: tuple[str, int] | None = None
+
+    def configure(self, settings: Settings) -> None:
+        self.cache.configure(settings.cache_size, settings.cache_ttl_s)
+
+    def model_changed(self) -> None:
+        """A new model answers differently: forget what the old one said."""
+        self.cache.clear()
+        self._prefetched.clear()
+
+    # ---------------------------------------------------------------- document events
+    def opened(self, uri: str) -> None:
+        doc = self.store.get(uri)
+        if doc is not None:
+            self.ring.add(doc, 0)
+
+    def saved(self, uri: str) -> None:
+        doc = self.store.get(uri)
+        if doc is not None and self._last_cursor and self._last_cursor[0] == uri:
+            self.ring.add(doc, self._last_cursor[1])
+
+    def closed(self, uri: str) -> None:
+        self.typed.forget(uri)
+
+    def accepted(self, uri: str | None = None, line: int | None = None) -> None:
+        self.stats.bump("accepted")
+        doc = self.store.get(uri) if uri else None
+        if doc is not None and line is not None:
+            self.ring.add(doc, min(max(line, 0), doc.line_count - 1))
+
+    # ---------------------------------------------------------------- requests
+    async def complete(self, uri: str, position: types.Position, invoked: bool,
+                       selected: types.SelectedCompletionInfo | None = None) -> Suggestion | None:
+        """The suggestion for ``position``, or None (nothing worth showing, no model yet, stale)."""
+        self.stats.bump("requests")
+        result = await self._complete(uri, position, invoked, selected)
+        if result is None:
+            self.stats.bump("empty")
+        else:
+            self.stats.bump("shown")
+        return result
+
+    async def _complete(self, uri: str, position: types.Position, invoked: bool,
+                        selected: types.SelectedCompletionInfo | None) -> Suggestion | None:
+        s = self._settings()
+        doc = self.store.get(uri)
+        if doc is None or not s.enabled or not s.language_enabled(doc.language_id) or not self.worker.ready:
+            return None
+        ctx = build_context(doc, position, s, self.ring, selected)
+        self._track_cursor(uri, doc.to_point(position).line)
+
+        if not ctx.lead:
+            rest = self.typed.remainder(uri, ctx.tail, ctx.suffix)
+            if rest is not None:
+                self.stats.bump("typed_through_hits")
+                self.typed.remember(uri, Shown(ctx.tail, ctx.suffix, rest, ctx.tail_limit))
+                return self._suggest(ctx, rest, "typed-through")
+
+        model_id = self.worker.model_id or ""
+        key = cache_key(model_id, s.sampling_key(), *ctx.key_parts())
+        raw = self.cache.get(key)
+        source = "cache"
+        if raw is not None:
+            self.stats.bump("cache_hits")
+            if key in self._prefetched:
+                self.stats.bump("prefetch_hits")
+                source = "prefetch"
+        else:
+            version = doc.version
+            debounce = 0.0 if invoked else s.debounce_ms / 1000.0
+            raw = await self.scheduler.run(uri, key, _prepare(ctx, s), debounce)
+            if raw is None:
+                return None
+            self.cache.put(key, raw)
+            if self.store.get(uri) is not doc or doc.version != version:
+                self.stats.bump("superseded")
+                return None  # the document moved on while the model ran: this answer is stale
+            source = "model"
+        text = postprocess(raw, ctx.edit)
+        if text is None:
+            self.typed.forget(uri)
+            return None
+        self.typed.remember(uri, Shown(ctx.tail, ctx.suffix, text, ctx.tail_limit))
+        if s.prefetch:
+            self._prefetch(ctx, text, s, model_id)
+        return self._suggest(ctx, ctx.lead + text, source)
+
+    def _suggest(self, ctx: Context, text: str, source: str) -> Suggestion:
+        return Suggestion(str(next(self._ids)), text, ctx.replace_start, ctx.position, source)
+
+    def _prefetch(self, ctx: Context, text: str, s: Settings, model_id: str) -> None:
+        nxt = after_accepting(ctx, text)
+        key = cache_key(model_id, s.sampling_key(), *nxt.key_parts())
+        if key in self.cache:
+            return
+
+        def store(k: bytes, raw: str) -> None:
+            self.cache.put(k, raw)
+            self._prefetched[k] = None
+            while len(self._prefetched) > 64:
+                self._prefetched.popitem(last=False)
+
+        self.scheduler.prefetch(key, _prepare(nxt, s), store)
+
+    def _track_cursor(self, uri: str, line: int) -> None:
+        """Moving to another file files a chunk of the previous one into the ring buffer."""
+        last = self._last_cursor
+        if last is not None and last[0] != uri:
+            prev = self.store.get(last[0])
+            if prev is not None:
+                self.ring.add(prev, min(last[1], prev.line_count - 1))
+        self._last_cursor = (uri, line)
+
+
+def _prepare(ctx: Context, s: Settings) -> Prepare:
+    """Cut the windows to the token budgets; runs in the worker with the backend's tokenizer."""
+
+    def prepare(backend: Backend) -> InfillJob:
+        count = backend.count_tokens
+        prefix = cut_prefix(ctx.prefix, s.prefix_tokens, count)
+        if ctx.extra:
+            prefix = cut_prefix(ctx.extra, s.extra_context_tokens, count) + prefix
+        suffix = cut_suffix(ctx.suffix, s.suffix_tokens, count)
+        return InfillJob(prefix=prefix, suffix=suffix, max_tokens=s.max_tokens, language=ctx.language or None,
+                         quality=s.quality, length_ensemble=s.length_ensemble)
+
+    return prepare

@@ -1,0 +1,412 @@
+"""pygls wiring: LSP messages in, completer calls out. No completion logic lives here.
+
+Requests the server answers (besides the LSP lifecycle and document sync):
+
+- ``textDocument/inlineCompletion`` (LSP 3.18), even when the client did not advertise it: one
+  item with an explicit range (empty at the cursor, or the selected suggestion's range) and the
+  ``diffill.accepted`` command, or an empty list;
+- ``textDocument/completion``: the same text as one item with a ``textEdit`` (``isIncomplete`` is
+  true so the client asks again as the user types, which typed-through answers instantly);
+- ``workspace/executeCommand`` ``diffill.accepted`` (arguments: ``[{"id", "uri", "line"}]``);
+- ``diffill/stats``: local counters, model state and settings, for a status bar;
+- ``diffill/documentState`` ``{"uri"}``: the server's copy of a document (for debugging sync).
+
+Notifications the server sends: ``$/progress`` while the model loads (when the client supports
+``window.workDoneProgress``), one ``window/showMessage`` when it fails to load or a setting is
+invalid, and ``diffill/status`` ``{"state", "modelId", "error"}`` whenever the model state
+changes (``state``: loading | ready | failed).
+
+Handlers are coroutines, so ``$/cancelRequest`` cancels them; the engine call runs in the worker
+thread and polls the request's cancel flag between denoising steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+from collections.abc import Generator
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.io_ import run_async
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.protocol.language_server import lsp_method
+
+from . import __version__
+from .backend import ModelDefaults, make_backend
+from .completer import Completer, Suggestion
+from .documents import DocumentStore
+from .settings import SECTION, Settings, is_for_us, merge_settings
+from .stats import ACCEPT_COMMAND, Stats
+from .worker import BackendFactory, EngineWorker, LoadFailed
+
+__all__ = ["DiffillProtocol", "DiffillServer", "create_server"]
+
+log = logging.getLogger(__name__)
+
+STATS_REQUEST = "diffill/stats"
+DOCUMENT_STATE_REQUEST = "diffill/documentState"
+STATUS_NOTIFICATION = "diffill/status"
+_CLIENT_TIMEOUT_S = 5.0
+
+
+class _Malformed:
+    """A request whose params did not match the LSP types: answered with InvalidParams."""
+
+    def __init__(self, msg_id: int | str, method: str, error: Exception) -> None:
+        self.id = msg_id
+        self.method = method
+        self.error = error
+
+
+class DiffillProtocol(LanguageServerProtocol):
+    """pygls' protocol with the edges a long-running editor server needs.
+
+    - requests before ``initialize`` get ServerNotInitialized, after ``shutdown`` InvalidRequest
+      (pygls would leave the client waiting forever);
+    - a request whose params fail validation gets InvalidParams instead of no answer;
+    - unparsable JSON gets a ParseError with a null id;
+    - documents live in :class:`DocumentStore`, not in pygls' workspace, so each edit is applied once.
+    """
+
+    def __init__(self, server: LanguageServer, converter: Any) -> None:
+        super().__init__(server, converter)
+        self.initialize_seen = False
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            msg_id = data.get("id")
+            if "method" in data and isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool):
+                return _Malformed(msg_id, str(data.get("method")), exc)
+            raise
+
+    def handle_message(self, message: Any) -> None:
+        if isinstance(message, _Malformed):
+            cause = message.error.__cause__ or message.error
+            err = JsonRpcInvalidParams(f"Invalid params for {message.method}: {cause}")
+            self._send_response(message.id, error=err.to_response_error())
+            return
+        method = getattr(message, "method", None)
+        is_request = method is not None and hasattr(message, "id")
+        if method == types.INITIALIZE:
+            self.initialize_seen = True
+        elif method is not None and method != types.EXIT:
+            if not self.initialize_seen:
+                if is_request:
+                    self._send_response(message.id, error=types.ResponseError(
+                        code=types.ErrorCodes.ServerNotInitialized, message="Server not initialized"))
+                return
+            if self._shutdown and is_request:
+                self._send_response(message.id, error=types.ResponseError(
+                    code=types.ErrorCodes.InvalidRequest, message="Server is shutting down"))
+                return
+        super().handle_message(message)
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Generator:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_OPEN)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams) -> Generator:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams) -> Generator:
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CLOSE)) is not None:
+            yield handler, (params,), None
+
+
+class DiffillServer(LanguageServer):
+    """The language server: owns the documents, the settings and the engine worker."""
+
+    def __init__(self, defaults: ModelDefaults | None = None, factory: BackendFactory = make_backend) -> None:
+        super().__init__("diffill", __version__, protocol_cls=DiffillProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.defaults = defaults or ModelDefaults()
+        self.settings = Settings()
+        self.stats = Stats()
+        self.store = DocumentStore()
+        self.worker = EngineWorker(self.stats, factory)
+        self.completer = Completer(self.store, self.worker, self.stats, lambda: self.settings)
+        self.exit_code: int | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._loaded_key: tuple | None = None
+        self._progress_ids = 0
+
+    # ---------------------------------------------------------------- helpers
+    def spawn(self, coro: Any) -> asyncio.Task:
+        """Run a background coroutine, keeping a reference so it is not collected mid-flight."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """Log instead of popping a message box per malformed message; answer bad JSON."""
+        log.warning("protocol error (%s): %s", getattr(source, "__name__", source), error)
+        if isinstance(error, ValueError) and not isinstance(error, JsonRpcException):
+            self.protocol._send_data(types.ResponseErrorMessage(id=None, error=types.ResponseError(
+                code=types.ErrorCodes.ParseError, message=f"Parse error: {error}")))
+
+    def model_args(self) -> tuple[str | None, str | None, str | None]:
+        s, d = self.settings, self.defaults
+        return (s.model_path or d.model_path, s.device or d.device, s.dtype or d.dtype)
+
+    def apply_settings(self, payload: Any, origin: str) -> None:
+        """Merge a client payload, report bad fields once, reload the model if it changed."""
+        self.settings, errors = merge_settings(self.settings, payload)
+        self.completer.configure(self.settings)
+        if errors:
+            log.warning("invalid settings from %s: %s", origin, "; ".join(errors))
+            self.window_show_message(types.ShowMessageParams(
+                type=types.MessageType.Warning,
+                message="Diffill: ignored invalid settings:\n" + "\n".join(errors)))
+        if self._loaded_key is not None and self.model_args() != self._loaded_key:
+            self.spawn(self.load_model())
+
+    def send_status(self) -> None:
+        self.protocol.notify(STATUS_NOTIFICATION, {
+            "state": self.worker.state, "modelId": self.worker.model_id, "error": self.worker.error})
+
+    async def pull_configuration(self) -> None:
+        caps = self.client_capabilities.workspace
+        if caps is None or not caps.configuration:
+            return
+        try:
+            params = types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])
+            result = await asyncio.wait_for(self.workspace_configuration_async(params), _CLIENT_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - a client that cannot answer keeps the old settings
+            log.warning("workspace/configuration failed: %s", exc)
+            return
+        if result:
+            self.apply_settings(result[0], "workspace/configuration")
+
+    async def load_model(self) -> None:
+        """Load in the worker thread, with $/progress when the client supports it."""
+        args = self._loaded_key = self.model_args()
+        self.worker.start()
+        self.worker.state = "loading"
+        token = await self._progress_begin(f"Loading model {args[0] or '(embedded default)'}")
+        self.send_status()
+        try:
+            model_id = await self.worker.load(*args)
+        except LoadFailed as exc:
+            self._progress_end(token, "Model failed to load")
+            self.send_status()
+            self.window_show_message(types.ShowMessageParams(
+                type=types.MessageType.Error,
+                message=f"Diffill: could not load the model ({args[0] or 'embedded default'}): {exc}. "
+                        "Completions stay off until the model loads."))
+            return
+        if self._loaded_key != args:
+            return  # a newer load was requested meanwhile; it reports for itself
+        self.completer.model_changed()
+        self._progress_end(token, f"Model ready: {model_id}")
+        self.send_status()
+
+    async def _progress_begin(self, message: str) -> str | None:
+        window = self.client_capabilities.window
+        if window is None or not window.work_done_progress:
+            return None
+        self._progress_ids += 1
+        token = f"diffill-load-{self._progress_ids}"
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(token), _CLIENT_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - progress is a nicety
+            log.info("progress not available: %s", exc)
+            return None
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Diffill", message=message))
+        return token
+
+    def _progress_end(self, token: str | None, message: str) -> None:
+        if token is not None:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+
+    def ensure_loading(self) -> None:
+        """A client that never sent ``initialized`` still gets a model on its first request."""
+        if self._loaded_key is None:
+            self.spawn(self.load_model())
+
+    def serve_tcp(self, host: str, port: int) -> None:
+        """Serve one client over TCP. The bound address goes to stderr, so ``--tcp 0`` is usable."""
+        self._stop_event = threading.Event()
+
+        async def main() -> None:
+            finished = asyncio.Event()
+
+            async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                self.protocol.set_writer(writer)
+                try:
+                    await run_async(stop_event=self._stop_event, reader=reader, protocol=self.protocol,
+                                    logger=log, error_handler=self.report_server_error)
+                finally:
+                    finished.set()
+
+            server = await asyncio.start_server(on_client, host, port)
+            bound = server.sockets[0].getsockname()
+            print(f"diffill: listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
+            async with server:
+                await finished.wait()
+
+        try:
+            asyncio.run(main())
+        except (KeyboardInterrupt, SystemExit):
+            pass
+
+    async def watch_parent(self, pid: int) -> None:
+        """Exit when the editor that started us is gone (it cannot send exit any more)."""
+        while True:
+            await asyncio.sleep(3.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                log.warning("parent process %d is gone; exiting", pid)
+                os._exit(1)
+            except PermissionError:
+                pass
+
+
+def _item_command(sug: Suggestion, uri: str) -> types.Command:
+    return types.Command(title="Diffill: accepted", command=ACCEPT_COMMAND,
+                         arguments=[{"id": sug.id, "uri": uri, "line": sug.end.line}])
+
+
+def create_server(defaults: ModelDefaults | None = None,
+                  factory: BackendFactory = make_backend) -> DiffillServer:
+    """Build the server with every handler registered."""
+    ls = DiffillServer(defaults, factory)
+
+    @ls.feature(types.INITIALIZE)
+    def initialize(params: types.InitializeParams) -> None:
+        ls.store.set_encoding(ls.workspace.position_encoding)
+        if params.initialization_options is not None:
+            ls.apply_settings(params.initialization_options, "initializationOptions")
+        if params.process_id:
+            ls.spawn(ls.watch_parent(params.process_id))
+
+    @ls.feature(types.INITIALIZED)
+    async def initialized(params: types.InitializedParams) -> None:
+        async def startup() -> None:
+            await ls.pull_configuration()
+            if ls._loaded_key is None:
+                await ls.load_model()
+
+        ls.spawn(startup())
+
+    @ls.feature(types.SHUTDOWN)
+    def shutdown(params: Any) -> None:
+        ls.completer.scheduler.cancel_all()
+
+    @ls.feature(types.EXIT)
+    def exit_(params: Any) -> None:
+        ls.exit_code = 0 if ls.protocol._shutdown else 1
+        ls.worker.stop(timeout=1.0)
+
+    @ls.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(params: types.DidChangeConfigurationParams) -> None:
+        if is_for_us(params.settings):
+            ls.apply_settings(params.settings, "workspace/didChangeConfiguration")
+        else:
+            await ls.pull_configuration()
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(params: types.DidOpenTextDocumentParams) -> None:
+        td = params.text_document
+        ls.store.open(td.uri, td.text, td.language_id, td.version)
+        ls.completer.opened(td.uri)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(params: types.DidChangeTextDocumentParams) -> None:
+        td = params.text_document
+        if ls.store.change(td.uri, td.version, params.content_changes) is None:
+            log.warning("didChange for a document that is not open: %s", params.text_document.uri)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(params: types.DidSaveTextDocumentParams) -> None:
+        ls.completer.saved(params.text_document.uri)
+
+    @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(params: types.DidCloseTextDocumentParams) -> None:
+        ls.store.close(params.text_document.uri)
+        ls.completer.closed(params.text_document.uri)
+
+    @ls.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        ls.ensure_loading()
+        uri = params.text_document.uri
+        sug = await ls.completer.complete(
+            uri, params.position, params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked,
+            params.context.selected_completion_info)
+        if sug is None:
+            return types.InlineCompletionList(items=[])
+        item = types.InlineCompletionItem(insert_text=sug.text, range=types.Range(sug.start, sug.end),
+                                          command=_item_command(sug, uri))
+        return types.InlineCompletionList(items=[item])
+
+    @ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
+    async def completion(params: types.CompletionParams) -> types.CompletionList:
+        ls.ensure_loading()
+        uri = params.text_document.uri
+        invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        sug = await ls.completer.complete(uri, params.position, invoked)
+        if sug is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        first = next((ln for ln in sug.text.splitlines() if ln.strip()), sug.text).strip()
+        doc = ls.store.get(uri)
+        lang = doc.language_id if doc is not None else ""
+        item = types.CompletionItem(
+            label=first if len(first) <= 60 else first[:57] + "...",
+            kind=types.CompletionItemKind.Text,
+            detail="Diffill",
+            documentation=types.MarkupContent(kind=types.MarkupKind.Markdown,
+                                              value=f"```{lang}\n{sug.text}\n```"),
+            sort_text="0",
+            preselect=True,
+            insert_text_format=types.InsertTextFormat.PlainText,
+            insert_text_mode=types.InsertTextMode.AsIs,
+            text_edit=types.TextEdit(range=types.Range(sug.start, sug.end), new_text=sug.text),
+            command=_item_command(sug, uri),
+        )
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @ls.command(ACCEPT_COMMAND)
+    def accepted(*args: Any) -> None:
+        info = args[0] if args and isinstance(args[0], dict) else {}
+        line = info.get("line")
+        ls.completer.accepted(info.get("uri") if isinstance(info.get("uri"), str) else None,
+                              line if isinstance(line, int) else None)
+
+    @ls.feature(STATS_REQUEST)
+    def stats(params: Any) -> dict[str, Any]:
+        return {
+            **ls.stats.snapshot(),
+            "state": ls.worker.state,
+            "modelId": ls.worker.model_id,
+            "error": ls.worker.error,
+            "cacheEntries": len(ls.completer.cache),
+            "openDocuments": len(ls.store),
+            "positionEncoding": ls.store.encoding,
+            "settings": ls.settings.to_json(),
+        }
+
+    @ls.feature(DOCUMENT_STATE_REQUEST)
+    def document_state(params: Any) -> dict[str, Any] | None:
+        uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
+        if not isinstance(uri, str):
+            raise JsonRpcInvalidParams("expected {\"uri\": string}")
+        doc = ls.store.get(uri)
+        if doc is None:
+            return None
+        return {"uri": doc.uri, "version": doc.version, "languageId": doc.language_id,
+                "lineCount": doc.line_count, "text": doc.text}
+
+    return ls
