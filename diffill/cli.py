@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "corpus": "corpus",
     "info": "info",
     "infill": "infill",
+    "serve": "serve",
     "serve-http": "serve_http",
 }
 
