@@ -7,8 +7,8 @@ worker thread gathers whatever is waiting into one ``engine.infill_batch`` call.
 
 Batch-1 latency is protected by an adaptive wait: the worker only lingers for company (at
 most ``wait_ms``) when there is evidence of concurrent traffic -- the previous batch had more
-than one request, or the next request arrived within the wait budget of the previous one. A
-lone editor typing never pays the wait.
+than one request, or this request was submitted while another was still in flight. A lone
+editor typing (each request after the previous one finished) never pays the wait.
 
 Cancellation: ``Future.cancel()`` or the per-request ``cancel`` callable. Cancelled requests
 still waiting are dropped before they reach the model; a running batch is stopped (the engine
@@ -78,7 +78,8 @@ class _Job:
     future: Future
     key: Hashable
     submitted: float
-    gap: float  # seconds since the previous submit
+    overlapped: bool  # another request was in flight when this one was submitted
+    resolved: bool = False
 
     def cancelled(self) -> bool:
         if self.future.cancelled():
@@ -115,7 +116,7 @@ class Batcher:
         self._pending: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._last_submit = float("-inf")
+        self._inflight = 0  # submitted and not yet resolved
         self._last_batch_size = 0
         self._stats = BatcherStats()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -134,8 +135,8 @@ class Batcher:
                 raise BatcherClosed("batcher is closed")
             if len(self._pending) >= self.max_pending:
                 raise Overloaded(f"{len(self._pending)} requests already waiting")
-            job = _Job(request, cancel, fut, self._key(request), now, now - self._last_submit)
-            self._last_submit = now
+            job = _Job(request, cancel, fut, self._key(request), now, self._inflight > 0)
+            self._inflight += 1
             self._pending.append(job)
             self._stats.requests += 1
             self._cond.notify()
@@ -160,7 +161,7 @@ class Batcher:
             self._pending.clear()
             self._cond.notify_all()
         for job in dropped:
-            _set_exception(job.future, BatcherClosed("batcher closed before the request ran"))
+            self._resolve(job, "failed", exc=BatcherClosed("batcher closed before the request ran"))
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -186,9 +187,7 @@ class Batcher:
             return repr(opts)
 
     def _want_company(self, head: _Job) -> bool:
-        return (
-            self.wait_s > 0 and self.max_batch > 1 and (self._last_batch_size > 1 or head.gap < self.wait_s)
-        )
+        return self.wait_s > 0 and self.max_batch > 1 and (self._last_batch_size > 1 or head.overlapped)
 
     def _take_batch(self) -> list[_Job] | None:
         """Block until work exists; return the next batch (None once closed and drained)."""
@@ -273,19 +272,26 @@ class Batcher:
                 continue
             if is_dataclass(res) and hasattr(res, "latency_ms"):
                 res = replace(res, latency_ms=(done - job.submitted) * 1000.0)  # includes queueing
-            if _set_result(job.future, res):
-                with self._cond:
-                    self._stats.completed += 1
+            self._resolve(job, "completed", result=res)
 
     def _finish_cancelled(self, job: _Job) -> None:
-        with self._cond:
-            self._stats.cancelled += 1
-        _set_exception(job.future, Cancelled())
+        self._resolve(job, "cancelled", exc=Cancelled())
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
+        self._resolve(job, "failed", exc=exc)
+
+    def _resolve(self, job: _Job, outcome: str, result: Any = None, exc: BaseException | None = None) -> None:
+        """Count the job out, then hand the caller its result (exactly once per job)."""
         with self._cond:
-            self._stats.failed += 1
-        _set_exception(job.future, exc)
+            if job.resolved:
+                return
+            job.resolved = True
+            self._inflight -= 1
+            setattr(self._stats, outcome, getattr(self._stats, outcome) + 1)
+        if exc is not None:
+            _set_exception(job.future, exc)
+        else:
+            _set_result(job.future, result)
 
 
 def _set_result(fut: Future, value: Any) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 
 from ._model_args import add_model_arguments
 
@@ -90,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
         server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5))
         shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
         print(f"diffill serve-http: {engine.model_id} listening on http://{shown}:{port}", flush=True)
-        server.run(sockets=[sock])
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn shuts down gracefully, then re-raises the signal: make that a clean exit
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
     finally:
         batcher.close()
         sock.close()

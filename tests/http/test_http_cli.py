@@ -1,0 +1,63 @@
+"""`diffill serve-http` as users start it: a real process, a real port, a clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from diffusion_core.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serve_http_process(tiny_model_dir: Path, engine: Engine, stop: signal.Signals) -> None:
+    env = {**os.environ, "DIFFILL_API_KEY": "from-env", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffill.cli",
+        "serve-http",
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(120)
+        assert line, "server printed nothing"
+        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line[0])
+        assert m, line[0]
+        url = f"http://127.0.0.1:{m.group(1)}"
+        assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
+        assert httpx.get(url + "/v1/models", timeout=30).status_code == 401
+        client = openai.OpenAI(base_url=url + "/v1", api_key="from-env", max_retries=0, timeout=60)
+        resp = client.completions.create(model=engine.model_id, prompt="import ", suffix="\n", max_tokens=6)
+        assert resp.choices[0].text == engine.infill("import ", "\n", max_tokens=6).text
+    finally:
+        proc.send_signal(stop)
+        try:
+            rc = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc == 0  # graceful shutdown, not death by signal
