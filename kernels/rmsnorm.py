@@ -32,21 +32,22 @@ if triton is not None:
     def _add_rmsnorm_kernel(
         X, R, W, Y, RO,
         sx, sr, sy, sro,
-        n_cols, eps,
+        n_rows, n_cols, eps,
         HAS_RES: tl.constexpr,
+        BLOCK_R: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
-        row = tl.program_id(0).to(tl.int64)
-        c = tl.arange(0, BLOCK)
-        ok = c < n_cols
+        row = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)[:, None]
+        c = tl.arange(0, BLOCK)[None, :]
+        ok = (row < n_rows) & (c < n_cols)
         x = tl.load(X + row * sx + c, mask=ok, other=0.0)
         if HAS_RES:
             x = (x.to(tl.float32) + tl.load(R + row * sr + c, mask=ok, other=0.0).to(tl.float32)).to(x.dtype)
             tl.store(RO + row * sro + c, x, mask=ok)
         xf = x.to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / n_cols + eps)
-        normed = (xf * rstd).to(x.dtype).to(tl.float32)
-        w = tl.load(W + c, mask=ok, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 1) / n_cols + eps)
+        normed = (xf * rstd[:, None]).to(x.dtype).to(tl.float32)
+        w = tl.load(W + c, mask=c < n_cols, other=0.0).to(tl.float32)
         tl.store(Y + row * sy + c, (w * normed).to(Y.dtype.element_ty), mask=ok)
 
 else:  # pragma: no cover
@@ -87,10 +88,12 @@ def add_rmsnorm(
     new_res = x2 if residual is None else torch.empty_like(x2)
     if n:
         block = max(16, next_pow2(cols))
-        _add_rmsnorm_kernel[(n,)](
+        block_r = max(1, min(16, 8192 // block))  # a few rows per program: short rows are cheap
+        _add_rmsnorm_kernel[(triton.cdiv(n, block_r),)](
             x2, r2 if r2 is not None else x2, weight, y, new_res,
             x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), new_res.stride(0),
-            cols, eps, HAS_RES=residual is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+            n, cols, eps, HAS_RES=residual is not None, BLOCK_R=block_r, BLOCK=block,
+            num_warps=min(16, max(1, block_r * block // 512)),
         )
     launches["add_rmsnorm"] += 1
     return y.view(x.shape), (x if residual is None else new_res.view(x.shape))

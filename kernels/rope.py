@@ -92,59 +92,63 @@ if triton is not None:
         START_FROM_PTR: tl.constexpr,
         QK_NORM: tl.constexpr,
         HAS_WM: tl.constexpr,
+        BLOCK_T: tl.constexpr,
         BLOCK_H: tl.constexpr,
     ):
-        bt = tl.program_id(0)
-        j = tl.program_id(1)
-        b = bt // seq
-        t = bt % seq
+        # one program: BLOCK_T tokens of one head (of Q, K or V) of one sequence
+        b = tl.program_id(0)
+        t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+        j = tl.program_id(2)
         half = head_dim // 2
         i = tl.arange(0, BLOCK_H)
-        ok = i < half
+        ok = (t < seq)[:, None] & (i < half)[None, :]
         if START_FROM_PTR:
             pos = tl.load(START) + t
         else:
             pos = start_val + t
         w_ok = ok
         if HAS_WM:
-            w_ok = ok & (tl.load(WM + b * s_wb + pos * s_wt + i * 0) != 0)  # broadcast to the head
-        src = QKV + b * s_xb + t * s_xt + j * head_dim
-        x1 = tl.load(src + i, mask=ok, other=0.0)
-        x2 = tl.load(src + half + i, mask=ok, other=0.0)
+            allowed = tl.load(WM + b * s_wb + pos * s_wt, mask=t < seq, other=0) != 0
+            w_ok = ok & allowed[:, None]
+        src = QKV + b * s_xb + t[:, None] * s_xt + j * head_dim + i[None, :]
+        x1 = tl.load(src, mask=ok, other=0.0)
+        x2 = tl.load(src + half, mask=ok, other=0.0)
         if j >= n_heads + n_kv_heads:  # V: copy into the cache
-            dst = VC + b * s_vb + (j - n_heads - n_kv_heads) * s_vh + pos * s_vt
-            tl.store(dst + i * s_vd, x1, mask=w_ok)
-            tl.store(dst + (half + i) * s_vd, x2, mask=w_ok)
+            dst = VC + b * s_vb + (j - n_heads - n_kv_heads) * s_vh + pos[:, None] * s_vt
+            tl.store(dst + i[None, :] * s_vd, x1, mask=w_ok)
+            tl.store(dst + (half + i)[None, :] * s_vd, x2, mask=w_ok)
         else:
             f1 = x1.to(tl.float32)
             f2 = x2.to(tl.float32)
             if QK_NORM:
                 if j < n_heads:
-                    w1 = tl.load(QW + i, mask=ok, other=0.0).to(tl.float32)
-                    w2 = tl.load(QW + half + i, mask=ok, other=0.0).to(tl.float32)
+                    w1 = tl.load(QW + i, mask=i < half, other=0.0).to(tl.float32)
+                    w2 = tl.load(QW + half + i, mask=i < half, other=0.0).to(tl.float32)
                 else:
-                    w1 = tl.load(KW + i, mask=ok, other=0.0).to(tl.float32)
-                    w2 = tl.load(KW + half + i, mask=ok, other=0.0).to(tl.float32)
-                rstd = 1.0 / tl.sqrt((tl.sum(f1 * f1, 0) + tl.sum(f2 * f2, 0)) / head_dim + eps)
+                    w1 = tl.load(KW + i, mask=i < half, other=0.0).to(tl.float32)
+                    w2 = tl.load(KW + half + i, mask=i < half, other=0.0).to(tl.float32)
+                rstd = 1.0 / tl.sqrt((tl.sum(f1 * f1, 1) + tl.sum(f2 * f2, 1)) / head_dim + eps)
                 # same roundings as the reference: normalise, round, scale, round
-                f1 = (w1 * (f1 * rstd).to(x1.dtype).to(tl.float32)).to(x1.dtype).to(tl.float32)
-                f2 = (w2 * (f2 * rstd).to(x1.dtype).to(tl.float32)).to(x1.dtype).to(tl.float32)
-            c_base = COS + b * s_cb + t * s_ct
-            s_base = SIN + b * s_sb + t * s_st
-            c1 = tl.load(c_base + i, mask=ok, other=0.0).to(tl.float32)
-            c2 = tl.load(c_base + half + i, mask=ok, other=0.0).to(tl.float32)
-            n1 = tl.load(s_base + i, mask=ok, other=0.0).to(tl.float32)
-            n2 = tl.load(s_base + half + i, mask=ok, other=0.0).to(tl.float32)
+                f1 = (f1 * rstd[:, None]).to(x1.dtype).to(tl.float32)
+                f2 = (f2 * rstd[:, None]).to(x1.dtype).to(tl.float32)
+                f1 = (w1[None, :] * f1).to(x1.dtype).to(tl.float32)
+                f2 = (w2[None, :] * f2).to(x1.dtype).to(tl.float32)
+            c_base = COS + b * s_cb + t[:, None] * s_ct + i[None, :]
+            s_base = SIN + b * s_sb + t[:, None] * s_st + i[None, :]
+            c1 = tl.load(c_base, mask=ok, other=0.0).to(tl.float32)
+            c2 = tl.load(c_base + half, mask=ok, other=0.0).to(tl.float32)
+            n1 = tl.load(s_base, mask=ok, other=0.0).to(tl.float32)
+            n2 = tl.load(s_base + half, mask=ok, other=0.0).to(tl.float32)
             o1 = f1 * c1 - f2 * n1
             o2 = f2 * c2 + f1 * n2
             if j < n_heads:
-                dst = QO + b * s_qb + j * s_qh + t * s_qt
-                tl.store(dst + i * s_qd, o1.to(QO.dtype.element_ty), mask=ok)
-                tl.store(dst + (half + i) * s_qd, o2.to(QO.dtype.element_ty), mask=ok)
+                dst = QO + b * s_qb + j * s_qh + t[:, None] * s_qt
+                tl.store(dst + i[None, :] * s_qd, o1.to(QO.dtype.element_ty), mask=ok)
+                tl.store(dst + (half + i)[None, :] * s_qd, o2.to(QO.dtype.element_ty), mask=ok)
             else:
-                dst = KC + b * s_kb + (j - n_heads) * s_kh + pos * s_kt
-                tl.store(dst + i * s_kd, o1.to(KC.dtype.element_ty), mask=w_ok)
-                tl.store(dst + (half + i) * s_kd, o2.to(KC.dtype.element_ty), mask=w_ok)
+                dst = KC + b * s_kb + (j - n_heads) * s_kh + pos[:, None] * s_kt
+                tl.store(dst + i[None, :] * s_kd, o1.to(KC.dtype.element_ty), mask=w_ok)
+                tl.store(dst + (half + i)[None, :] * s_kd, o2.to(KC.dtype.element_ty), mask=w_ok)
 
 else:  # pragma: no cover
     _rope_qkv_kernel = None
@@ -204,7 +208,8 @@ def rope_qkv_to_cache(
     wm = write_mask.view(torch.uint8) if write_mask is not None else qkv
     wm_strides = (wm.stride(0), wm.stride(1)) if write_mask is not None else (0, 0)
     if b * t:
-        _rope_qkv_kernel[(b * t, num_heads + 2 * num_kv_heads)](
+        block_t = min(64, max(16, next_pow2(t)))
+        _rope_qkv_kernel[(b, triton.cdiv(t, block_t), num_heads + 2 * num_kv_heads)](
             qkv, cos, sin,
             q_norm_weight if norm else qkv, k_norm_weight if norm else qkv,
             q_out, k_cache, v_cache, start if from_ptr else qkv, wm,
@@ -212,7 +217,7 @@ def rope_qkv_to_cache(
             *q_out.stride(), *k_cache.stride(), *v_cache.stride(), *wm_strides,
             t, num_heads, num_kv_heads, d, 0 if from_ptr else int(start), eps,
             START_FROM_PTR=from_ptr, QK_NORM=norm, HAS_WM=write_mask is not None,
-            BLOCK_H=max(16, next_pow2(d // 2)), num_warps=1,
+            BLOCK_T=block_t, BLOCK_H=max(16, next_pow2(d // 2)), num_warps=4,
         )
     launches["rope_qkv_to_cache"] += 1
     return q_out
