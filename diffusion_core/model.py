@@ -194,6 +194,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # fused Triton kernels (diffusion_core/fast_path.py): None = on for CUDA inputs, True/False force
+        self.use_kernels: bool | None = None
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -212,6 +214,10 @@ class Transformer(nn.Module):
         key_mask: bool [B, T_total] marking the real (non-padding) keys of the whole canvas; with a
         cache, T_total is the cache length and ``input_ids`` covers ``[start, start + T)``.
         """
+        if self.use_kernels or (self.use_kernels is None and input_ids.is_cuda):
+            from .fast_path import fast_forward
+
+            return fast_forward(self, input_ids, positions, key_mask, cache, start)
         b, t = input_ids.shape
         if positions is None:
             positions = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
