@@ -240,3 +240,35 @@ def test_missing_shard(tiny_dir: Path, tmp_path: Path) -> None:
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing shard model-00002-of-00002.safetensors"):
         load_checkpoint(d)
+
+
+# ----------------------------------------------------------------------------- diffill info
+def test_info_command_text_and_json(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from diffill.cli import main
+
+    assert main(["info", str(tiny_dir)]) == 0
+    text = capsys.readouterr().out
+    ck = load_checkpoint(tiny_dir)
+    n = sum(p.numel() for p in ck.model.parameters())
+    assert "family:      diffill" in text and f"{n:,}" in text
+    assert f"mask:        {ck.family.mask_id} '<|mask|>'" in text
+    assert "stored F32, loads as float32 on cpu" in text
+
+    assert main(["info", str(tiny_dir), "--json", "--dtype", "bf16"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["parameters"] == n and data["load_dtype"] == "bfloat16"
+    assert data["special_tokens"]["mask"] == {"id": ck.family.mask_id, "token": MASK_TOKEN}
+    assert [e["id"] for e in data["special_tokens"]["eos"]] == list(ck.family.eos_ids)
+    assert data["shifted_logits"] is False and data["family"] == "diffill"
+
+
+def test_info_command_reports_broken_dirs(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffill.cli import main
+
+    d = _copy(tiny_dir, tmp_path / "m")
+    _edit_weights(d, lambda t: t.pop("norm.weight"))
+    assert main(["info", str(d)]) == 1
+    err = capsys.readouterr().err
+    assert "missing tensor 'norm.weight'" in err and "Traceback" not in err

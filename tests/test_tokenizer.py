@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import unicodedata
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -144,3 +145,130 @@ def test_random_cut_points_of_code() -> None:
         budget = rng.randrange(1, 200)
         _check_prefix(TOK, text[:cursor], budget)
         _check_suffix(TOK, text[cursor:], budget)
+
+
+# ----------------------------------------------------------------------------- parity with references
+PARITY_TEXTS = [
+    ODD_TEXT,
+    "if (x) {\r\n\treturn y;\r\n}\r\n",
+    "trailing   \nspaces\t \n\n\n\n    indented\n\t\tmixed \t tabs",
+    "emoji 👩‍💻 family 👨‍👩‍👧 flags 🇯🇵 and skin 👍🏽",
+    "中文注释: 计算总和\n# 日本語のコメント\n// 한국어 주석\nconst π = 3.14159; // ∑ ∫ ≠ ≤",
+    "Ünïcödé ﬁligature Å Å (NFC vs NFD) e\u0301 \u212b",
+    "numbers 1234567890 0x1F 1e-9 3.14 ١٢٣",
+    "it's they're we've I'm you'll he'd IT'S",
+    "mask<|mask|>inside and <|endoftext|> eos and <|im_end|>",
+    "   leading spaces",
+    "\n",
+    "",
+]
+
+
+def _repo_code() -> list[str]:
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    files = [root / "diffusion_core" / "model.py", root / "diffusion_core" / "tokenizer.py", Path(__file__)]
+    return [f.read_text(encoding="utf-8") for f in files if f.is_file()]
+
+
+@pytest.fixture(scope="module")
+def dream_tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from diffusion_core.testing import make_family_dir
+
+    return make_family_dir(tmp_path_factory.mktemp("tok") / "dream", "dream")[0]
+
+
+def test_vocab_merges_tokenizer_matches_transformers_qwen2(dream_tok_dir: Path) -> None:
+    """Rebuilt from vocab.json + merges.txt (+ added tokens), our tokenizer encodes exactly as
+    transformers' own Qwen2Tokenizer built from the same files."""
+    transformers = pytest.importorskip("transformers")
+    from diffusion_core.checkpoint import load_tokenizer
+
+    ours, _ = load_tokenizer(dream_tok_dir)
+    ref = transformers.Qwen2Tokenizer.from_pretrained(str(dream_tok_dir))
+    assert len(ref) == ours.vocab_size
+    for text in PARITY_TEXTS + _repo_code():
+        want = ref.encode(text, add_special_tokens=False)
+        assert ours.encode(text) == want, text[:60]
+        assert ours.decode(want) == ref.decode(want, skip_special_tokens=True)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The byte-level BPE alphabet: printable bytes map to themselves, the rest to 256+."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _reference_encode(
+    text: str, vocab: dict[str, int], merges: list[tuple[str, str]], specials: list[str]
+) -> list[int]:
+    """Plain-Python byte-level BPE (split specials, NFC, split regex, lowest-rank merge first)."""
+    import regex
+
+    from diffusion_core.tokenizer import QWEN2_SPLIT_PATTERN
+
+    ranks = {pair: i for i, pair in enumerate(merges)}
+    alphabet = _bytes_to_unicode()
+    out: list[int] = []
+    special_re = "(" + "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
+    for chunk in regex.split(special_re, text):
+        if chunk in specials:
+            out.append(vocab[chunk])
+            continue
+        chunk = unicodedata.normalize("NFC", chunk)
+        for piece in regex.findall(QWEN2_SPLIT_PATTERN, chunk):
+            word = [alphabet[b] for b in piece.encode("utf-8")]
+            while len(word) > 1:
+                best = min(range(len(word) - 1), key=lambda i: ranks.get((word[i], word[i + 1]), 1 << 30))
+                pair = (word[best], word[best + 1])
+                if pair not in ranks:
+                    break
+                merged, i = [], 0
+                while i < len(word):
+                    if i < len(word) - 1 and (word[i], word[i + 1]) == pair:
+                        merged.append(word[i] + word[i + 1])
+                        i += 2
+                    else:
+                        merged.append(word[i])
+                        i += 1
+                word = merged
+            out.extend(vocab[w] for w in word)
+    return out
+
+
+def test_vocab_merges_tokenizer_matches_plain_python_bpe(dream_tok_dir: Path) -> None:
+    import json
+
+    from diffusion_core.checkpoint import load_tokenizer
+    from diffusion_core.tokenizer import read_merges
+
+    ours, _ = load_tokenizer(dream_tok_dir)
+    vocab = json.loads((dream_tok_dir / "vocab.json").read_text(encoding="utf-8"))
+    added = json.loads((dream_tok_dir / "added_tokens.json").read_text(encoding="utf-8"))
+    vocab.update(added)
+    merges = read_merges(dream_tok_dir / "merges.txt")
+    for text in PARITY_TEXTS + _repo_code():
+        assert ours.encode(text) == _reference_encode(text, vocab, merges, list(added)), text[:60]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=80))
+def test_plain_python_bpe_parity_on_arbitrary_text(dream_tok_dir: Path, text: str) -> None:
+    import json
+
+    from diffusion_core.checkpoint import load_tokenizer
+    from diffusion_core.tokenizer import read_merges
+
+    ours, _ = load_tokenizer(dream_tok_dir)
+    vocab = json.loads((dream_tok_dir / "vocab.json").read_text(encoding="utf-8"))
+    added = json.loads((dream_tok_dir / "added_tokens.json").read_text(encoding="utf-8"))
+    vocab.update(added)
+    merges = read_merges(dream_tok_dir / "merges.txt")
+    assert ours.encode(text) == _reference_encode(text, vocab, merges, list(added))
+    assert ours.decode(ours.encode(text)) == unicodedata.normalize("NFC", text)
