@@ -29,6 +29,7 @@ class Stats:
     model_calls: int = 0  # engine batch calls, prefetch included
     model_requests: int = 0  # holes filled by those calls
     prefetches: int = 0  # prefetch runs that finished
+    prefetch_cancelled: int = 0  # prefetch runs stopped because real work arrived
     batched_calls: int = 0  # engine calls that filled more than one request
     cancelled: int = 0  # engine runs stopped between steps ($/cancelRequest or supersession)
     superseded: int = 0  # requests answered empty because a newer one for the document came

@@ -221,7 +221,7 @@ class EngineWorker:
         try:
             texts = backend.infill_batch(jobs, cancel=cancel)
         except BackendCancelled:
-            self.stats.bump("cancelled")
+            self.stats.bump("prefetch_cancelled" if live[0].kind == "prefetch" else "cancelled")
             for it in live:
                 self._settle(it, exc=WorkCancelled("stopped between denoising steps"))
             return

@@ -148,7 +148,7 @@ def test_prefetch_yields_to_real_work_and_is_joined_by_a_request_for_the_same_co
         await wait_until(fake.started.is_set)
         # a real request for another context: the prefetch stops between steps
         real = asyncio.ensure_future(sched.run("file:///b.py", b"other", job("r")))
-        await wait_until(lambda: w.stats.cancelled == 1)
+        await wait_until(lambda: w.stats.prefetch_cancelled == 1)
         fake.hold.set()
         assert await real == "value = 1"
         assert done == []
