@@ -817,10 +817,11 @@ def load_model(
 
 
 def _materialise(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> Transformer:
-    # Built on the meta device: no time or memory spent on a random init that is overwritten.
+    # Built on the meta device and cast there, then allocated once in the target dtype: no random
+    # init that is overwritten, and no transient fp32 copy (a 7B model would need 28 GB for it).
     with torch.device("meta"):
         model = Transformer(mc)
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype).to_empty(device=device)
     model.eval()
     model.requires_grad_(False)
     return model

@@ -272,3 +272,13 @@ def test_info_command_reports_broken_dirs(
     assert main(["info", str(d)]) == 1
     err = capsys.readouterr().err
     assert "missing tensor 'norm.weight'" in err and "Traceback" not in err
+
+
+def test_default_device_and_dtype_policy() -> None:
+    from diffusion_core.checkpoint import resolve_device, resolve_dtype
+
+    assert resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    assert resolve_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
