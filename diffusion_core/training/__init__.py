@@ -1,0 +1,1 @@
+"""Building the embedded default model: corpus, tokenizer, training (CPU or GPU)."""
