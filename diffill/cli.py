@@ -14,9 +14,11 @@ import sys
 COMMANDS: dict[str, str] = {
     "complete": "complete",
     "corpus": "corpus",
+    "eval": "eval",
     "info": "info",
     "infill": "infill",
     "serve": "serve",
+    "train": "train",
     "serve-http": "serve_http",
 }
 

@@ -1,0 +1,122 @@
+"""Training: canvases match the sampler's layout, a step lowers the loss, resuming is exact."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_core.checkpoint import load_checkpoint
+from diffusion_core.training.tokenizer_train import train_tokenizer
+from diffusion_core.training.train import (
+    ExampleMaker,
+    TrainConfig,
+    Trainer,
+    batch_for_step,
+    loss_fn,
+)
+
+TEXTS = [
+    f"def fn_{i}(a, b):\n    total = a + b * {i}\n    if total > {i}:\n        return total\n"
+    "    return -total\n\n"
+    f"class K{i}:\n    def run(self, x):\n        return fn_{i}(x, {i})\n"
+    for i in range(40)
+]
+
+
+@pytest.fixture(scope="module")
+def tok_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    train_tokenizer(TEXTS, vocab_size=300).save(str(path))
+    return path
+
+
+def tiny_cfg(tok_path: Path, out: Path, **kw: object) -> TrainConfig:
+    base = dict(
+        tokenizer=str(tok_path),
+        out=str(out),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        seq_len=96,
+        batch_size=4,
+        steps=6,
+        warmup=1,
+        lr=1e-2,
+        eval_every=3,
+        save_every=3,
+        eval_examples=4,
+        threads=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_fim_canvas_layout(tok_path: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg(tok_path, tmp_path)
+    trainer = Trainer(cfg, texts=TEXTS, val_texts=TEXTS[:4])
+    maker: ExampleMaker = trainer.maker
+    rng = np.random.default_rng(0)
+    seen_eos = False
+    for _ in range(50):
+        ex = maker.fim(rng)
+        if ex is None:
+            continue
+        assert ex.ids[0] == maker.begin and len(ex.ids) <= cfg.seq_len
+        sup = [i for i, w in enumerate(ex.weights) if w > 0]
+        assert sup, "a FIM example supervises its middle"
+        lo, hi = sup[0], sup[-1]
+        # supervised positions are masked in the input, and only there are inputs and targets apart
+        assert all(ex.ids[i] == maker.mask for i in sup)
+        assert all(ex.ids[i] == ex.targets[i] for i in range(len(ex.ids)) if ex.ids[i] != maker.mask)
+        region = ex.targets[lo : hi + 1]
+        if maker.eos in region:
+            seen_eos = True
+            first = region.index(maker.eos)
+            # once the completion ended, the rest of the masked span is eos/pad only
+            assert all(t == maker.eos for t in region[first:])
+    assert seen_eos
+
+
+def test_one_step_lowers_loss_on_fixed_batch(tok_path: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tok_path, tmp_path), texts=TEXTS, val_texts=TEXTS[:4])
+    batch = batch_for_step(trainer.maker, 0, 0, 4)
+    with torch.no_grad():
+        before = float(loss_fn(trainer.model, batch))
+    trainer.train_step(batch)
+    with torch.no_grad():
+        after = float(loss_fn(trainer.model, batch))
+    assert after < before
+
+
+def test_resume_reproduces_trajectory(tok_path: Path, tmp_path: Path) -> None:
+    a = Trainer(tiny_cfg(tok_path, tmp_path / "a"), texts=TEXTS, val_texts=TEXTS[:4])
+    losses_a = []
+    for step in range(4):
+        losses_a.append(a.train_step(batch_for_step(a.maker, 0, step, 4)))
+        if step == 1:
+            a.save_state()
+            shutil.copy(a.state_path, tmp_path / "at2.pt")
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "at2.pt", tmp_path / "b" / "state.pt")
+    b = Trainer(tiny_cfg(tok_path, tmp_path / "b"), texts=TEXTS, val_texts=TEXTS[:4])
+    assert b.try_resume() and b.step == 2
+    losses_b = [b.train_step(batch_for_step(b.maker, 0, step, 4)) for step in (2, 3)]
+    assert losses_b == pytest.approx(losses_a[2:], rel=1e-5)
+
+
+def test_run_saves_loadable_checkpoint(tok_path: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tok_path, tmp_path), texts=TEXTS, val_texts=TEXTS[:4])
+    history = trainer.run(progress=False)
+    assert [h["step"] for h in history] == [3, 6]
+    assert {"val_fim", "val_mdm"} <= set(history[-1])
+    ckpt = load_checkpoint(tmp_path / "model")
+    assert ckpt.family.mask_id == 1 and ckpt.family.eos_ids == (0,) and ckpt.family.begin_ids == (2,)
+    assert not ckpt.family.shifted
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(ckpt.model.state_dict()[k], v)
