@@ -154,8 +154,9 @@ class DiffillServer(LanguageServer):
         """Log instead of popping a message box per malformed message; answer bad JSON."""
         log.warning("protocol error (%s): %s", getattr(source, "__name__", source), error)
         if isinstance(error, ValueError) and not isinstance(error, JsonRpcException):
-            self.protocol._send_data(types.ResponseErrorMessage(id=None, error=types.ResponseError(
-                code=types.ErrorCodes.ParseError, message=f"Parse error: {error}")))
+            # a plain dict: the typed message would drop the null id that JSON-RPC requires here
+            self.protocol._send_data({"jsonrpc": "2.0", "id": None, "error": {
+                "code": int(types.ErrorCodes.ParseError), "message": f"Parse error: {error}"}})
 
     def model_args(self) -> tuple[str | None, str | None, str | None]:
         s, d = self.settings, self.defaults

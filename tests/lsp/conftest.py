@@ -7,6 +7,7 @@ model load paid once) can serve a whole test module.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import sys
 import threading
@@ -104,9 +105,29 @@ class LspSession:
 
         self.loop.call_soon_threadsafe(write)
 
+    def raw_request(self, body: bytes, msg_id: str | int | None, timeout: float = 15.0) -> Any:
+        """Send hand-written bytes as a request and return the answer to ``msg_id`` (a result, or
+        the JsonRpcException the client raised for an error answer)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def register_and_write() -> None:
+            self.client.protocol._request_futures[msg_id] = fut
+            self.client._server.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+        self.loop.call_soon_threadsafe(register_and_write)
+        try:
+            return plain(fut.result(timeout))
+        except Exception as exc:  # noqa: BLE001 - error answers are what these tests look at
+            return exc
+
     # ------------------------------------------------------------------ LSP helpers
-    def initialize(self, init_options: dict[str, Any] | None = None, encodings: list[str] | None = None,
-                   progress: bool = True, configuration: bool = True) -> types.InitializeResult:
+    def initialize(
+        self,
+        init_options: dict[str, Any] | None = None,
+        encodings: list[str] | None = None,
+        progress: bool = True,
+        configuration: bool = True,
+    ) -> types.InitializeResult:
         caps = types.ClientCapabilities(
             general=types.GeneralClientCapabilities(position_encodings=encodings) if encodings else None,
             window=types.WindowClientCapabilities(work_done_progress=progress),
@@ -136,10 +157,16 @@ class LspSession:
             text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
 
     def change(self, uri: str, version: int, start: tuple[int, int], end: tuple[int, int], text: str) -> None:
-        self.client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
-            content_changes=[types.TextDocumentContentChangePartial(
-                range=types.Range(types.Position(*start), types.Position(*end)), text=text)]))
+        self.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(types.Position(*start), types.Position(*end)), text=text
+                    )
+                ],
+            )
+        )
 
     def inline(self, uri: str, line: int, character: int, invoked: bool = True,
                timeout: float = TIMEOUT) -> types.InlineCompletionList:
@@ -147,7 +174,9 @@ class LspSession:
         kind = kinds.Invoked if invoked else kinds.Automatic
         params = types.InlineCompletionParams(
             context=types.InlineCompletionContext(trigger_kind=kind),
-            text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line, character))
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line, character),
+        )
         return self.run(self.client.text_document_inline_completion_async(params), timeout)
 
     def document(self, uri: str) -> dict[str, Any] | None:

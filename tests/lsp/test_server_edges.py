@@ -1,0 +1,147 @@
+"""What editors and broken clients do to a server: bad input, no model, other encodings, TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+from .conftest import REPO, LspSession
+
+INLINE = types.TEXT_DOCUMENT_INLINE_COMPLETION
+
+
+def body(msg_id: object, method: str, params: object) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode()
+
+
+def inline_params(uri: str, line: object, character: object) -> dict:
+    return {"context": {"triggerKind": 1}, "textDocument": {"uri": uri},
+            "position": {"line": line, "character": character}}
+
+
+def code(answer: object) -> int | None:
+    return getattr(answer, "code", None)
+
+
+def test_malformed_input_battery_each_answered_and_the_server_keeps_working(tiny_model: Path):
+    lsp = LspSession(["--model", str(tiny_model)])
+    try:
+        uri = "file:///work/battery.py"
+        # before initialize: an error for requests, notifications dropped
+        assert code(lsp.raw_request(body(1, INLINE, inline_params(uri, 0, 0)), 1)) == -32002
+        lsp.send_raw(json.dumps({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
+            "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "early"}}}).encode())
+        result = lsp.initialize(init_options={"debounceMs": 0, "maxTokens": 8, "prefetch": False},
+                                encodings=["utf-8", "utf-16"])
+        assert result.capabilities.position_encoding == "utf-8"
+        assert lsp.document(uri) is None
+        lsp.wait_state("ready")
+
+        # utf-8 columns: the emoji is four code units
+        lsp.open(uri, "x = '😀'\n")
+        lsp.change(uri, 2, (0, 9), (0, 9), "!")
+        assert lsp.document(uri)["text"] == "x = '😀!'\n"
+
+        def still_works() -> None:
+            assert isinstance(lsp.inline(uri, 1, 0), types.InlineCompletionList)
+
+        battery = [
+            # unknown document → empty result
+            (body(10, INLINE, inline_params("file:///nope.py", 0, 0)), 10, {"items": []}),
+            # position past the end → clamped, a list
+            (body(11, INLINE, inline_params(uri, 999, 999)), 11, "list"),
+            # negative numbers, wrong types, missing params → InvalidParams
+            (body(12, INLINE, inline_params(uri, -1, 0)), 12, -32602),
+            (body(13, INLINE, inline_params(uri, "one", None)), 13, -32602),
+            (body(14, INLINE, {"textDocument": {"uri": 5}}), 14, -32602),
+            (json.dumps({"jsonrpc": "2.0", "id": 15, "method": INLINE}).encode(), 15, -32602),
+            (body(16, "diffill/documentState", {"uri": 7}), 16, -32602),
+            # unknown method → MethodNotFound
+            (body(17, "diffill/noSuchThing", {}), 17, -32601),
+            # garbage JSON → ParseError with a null id
+            (b"{this is not json", None, -32700),
+        ]
+        for raw, msg_id, expected in battery:
+            answer = lsp.raw_request(raw, msg_id)
+            if expected == "list":
+                assert isinstance(answer, dict) and isinstance(answer["items"], list), answer
+            elif isinstance(expected, int):
+                assert code(answer) == expected, (raw, answer)
+            else:
+                assert answer == expected, (raw, answer)
+            still_works()
+        # notifications that cannot be applied are dropped, the server goes on
+        unknown_change = {"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+            "textDocument": {"uri": "file:///nope.py", "version": 2}, "contentChanges": [{"text": "x"}]}}
+        for junk in (b"[1, 2, 3]", b'"just a string"', json.dumps(unknown_change).encode()):
+            lsp.send_raw(junk)
+            still_works()
+        # no error popped up in the editor for any of that
+        assert not [p for m, p in lsp.notifications if m == types.WINDOW_SHOW_MESSAGE]
+
+        lsp.run(lsp.client.shutdown_async(None))
+        after = lsp.raw_request(body(30, INLINE, inline_params(uri, 0, 0)), 30)
+        assert code(after) == -32600  # InvalidRequest after shutdown, not silence
+        lsp.client.exit(None)
+        assert lsp.run(lsp.client._server.wait(), 20) == 0
+    finally:
+        lsp.close()
+
+
+def test_model_load_failure_is_shown_once_and_the_server_stays_up(tmp_path: Path, tiny_model: Path):
+    missing = tmp_path / "no-such-model"
+    lsp = LspSession(["--model", str(missing)])
+    try:
+        lsp.initialize(init_options={"debounceMs": 0, "prefetch": False})
+        st = lsp.wait_state("failed")
+        assert str(missing) in st["error"] or "no-such-model" in st["error"]
+        errors = [p for m, p in lsp.notifications if m == types.WINDOW_SHOW_MESSAGE]
+        assert len(errors) == 1 and errors[0].type == types.MessageType.Error
+        assert "no-such-model" in errors[0].message
+        uri = "file:///work/a.py"
+        lsp.open(uri, "def f():\n    \n")
+        assert list(lsp.inline(uri, 1, 4).items) == []
+        assert len([m for m, _ in lsp.notifications if m == types.WINDOW_SHOW_MESSAGE]) == 1
+        # fixing the setting loads the model without a restart
+        lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
+            settings={"diffill": {"modelPath": str(tiny_model)}}))
+        assert lsp.wait_state("ready")["modelId"] == "diffill-tiny"
+    finally:
+        assert lsp.close() == 0
+
+
+def test_tcp_binds_loopback_and_speaks_lsp(tiny_model: Path):
+    async def main() -> int:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "diffill.cli", "serve", "--tcp", "0", "--model", str(tiny_model),
+            cwd=str(REPO), env=env, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        try:
+            port = None
+            while port is None:
+                line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+                assert line, "server exited before listening"
+                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+                port = int(m.group(1)) if m else None
+            client = LanguageClient("tcp-test", "0")
+            await client.start_tcp("127.0.0.1", port)
+            params = types.InitializeParams(capabilities=types.ClientCapabilities())
+            res = await client.initialize_async(params)
+            assert res.capabilities.inline_completion_provider is not None
+            client.initialized(types.InitializedParams())
+            await client.shutdown_async(None)
+            client.exit(None)
+            return await asyncio.wait_for(proc.wait(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    assert asyncio.run(main()) == 0
