@@ -35,7 +35,12 @@ class Tokenizer:
     """The engine's tokenizer: plain ids in, text out; never adds BOS/EOS by itself."""
 
     def __init__(self, backend: Backend) -> None:
+        # The Tokenizer owns its backend: special-token strings in user text are encoded as plain
+        # text, so a buffer that contains "<|endoftext|>" or "<|mask|>" (say, tokenizer code)
+        # cannot end the document or open a hole. (Not serialised: save() is unaffected.)
+        backend.encode_special_tokens = True
         self.backend = backend
+        self._with_specials: Backend | None = None
         self._special_ids = frozenset(
             i for i, tok in backend.get_added_tokens_decoder().items() if tok.special
         )
@@ -61,10 +66,16 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
 
-    def encode(self, text: str) -> list[int]:
-        """Ids of ``text`` with no special tokens added (special-token strings inside the text
-        are still matched, as the reference tokenizers do)."""
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Ids of ``text`` with no special tokens added. Special-token strings inside the text
+        are plain text unless ``allow_special`` (then they become their ids, as the reference
+        Hugging Face tokenizers do; for prompts built by code, never for user buffers)."""
+        if not allow_special:
+            return self.backend.encode(text, add_special_tokens=False).ids
+        if self._with_specials is None:
+            self._with_specials = Backend.from_str(self.backend.to_str())
+            self._with_specials.encode_special_tokens = False
+        return self._with_specials.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` with special tokens dropped; ids outside the vocabulary (a model head

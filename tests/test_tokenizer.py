@@ -44,6 +44,20 @@ def test_encode_adds_no_specials() -> None:
     assert ids and not set(ids) & TOK.special_ids
 
 
+def test_special_strings_in_user_text_stay_text() -> None:
+    """A buffer that contains "<|mask|>" or "<|endoftext|>" (tokenizer code, docs) must not
+    open a hole or end the document: by default those strings encode as plain text."""
+    text = 'MASK = "<|mask|>"\nEOS = "<|endoftext|>"\n'
+    ids = TOK.encode(text)
+    assert not set(ids) & TOK.special_ids
+    assert TOK.decode(ids) == text
+    assert not set(TOK.encode_prefix(text, 8)) & TOK.special_ids
+    assert not set(TOK.encode_suffix(text, 8)) & TOK.special_ids
+    mask = TOK.token_to_id(MASK_TOKEN)
+    assert TOK.encode("a<|mask|>b", allow_special=True)[1] == mask
+    assert mask not in TOK.encode("a<|mask|>b")  # the opt-in did not leak into the default
+
+
 def _nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
@@ -188,7 +202,7 @@ def test_vocab_merges_tokenizer_matches_transformers_qwen2(dream_tok_dir: Path) 
     assert len(ref) == ours.vocab_size
     for text in PARITY_TEXTS + _repo_code():
         want = ref.encode(text, add_special_tokens=False)
-        assert ours.encode(text) == want, text[:60]
+        assert ours.encode(text, allow_special=True) == want, text[:60]
         assert ours.decode(want) == ref.decode(want, skip_special_tokens=True)
 
 
@@ -217,7 +231,7 @@ def _reference_encode(
     alphabet = _bytes_to_unicode()
     out: list[int] = []
     special_re = "(" + "|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")"
-    for chunk in regex.split(special_re, text):
+    for chunk in regex.split(special_re, text) if specials else [text]:
         if chunk in specials:
             out.append(vocab[chunk])
             continue
@@ -254,7 +268,8 @@ def test_vocab_merges_tokenizer_matches_plain_python_bpe(dream_tok_dir: Path) ->
     vocab.update(added)
     merges = read_merges(dream_tok_dir / "merges.txt")
     for text in PARITY_TEXTS + _repo_code():
-        assert ours.encode(text) == _reference_encode(text, vocab, merges, list(added)), text[:60]
+        assert ours.encode(text, allow_special=True) == _reference_encode(text, vocab, merges, list(added))
+        assert ours.encode(text) == _reference_encode(text, vocab, merges, []), text[:60]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -270,5 +285,5 @@ def test_plain_python_bpe_parity_on_arbitrary_text(dream_tok_dir: Path, text: st
     added = json.loads((dream_tok_dir / "added_tokens.json").read_text(encoding="utf-8"))
     vocab.update(added)
     merges = read_merges(dream_tok_dir / "merges.txt")
-    assert ours.encode(text) == _reference_encode(text, vocab, merges, list(added))
+    assert ours.encode(text, allow_special=True) == _reference_encode(text, vocab, merges, list(added))
     assert ours.decode(ours.encode(text)) == unicodedata.normalize("NFC", text)
