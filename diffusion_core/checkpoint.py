@@ -671,7 +671,7 @@ class CheckpointInfo:
     tokenizer: Tokenizer
     parameters: int
     stored_dtype: str
-    raw_config: dict[str, Any] = field(repr=False, default_factory=dict)
+    raw_config: dict[str, Any] = field(repr=False, default_factory=dict)  # config.json as read
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (used by ``diffill info``)."""
@@ -703,14 +703,14 @@ class CheckpointInfo:
 
 
 def _resolve_family(
-    cfg: Mapping[str, Any], layout: Layout, tok: Tokenizer, info: TokenizerInfo, family: str | None
+    cfg: Mapping[str, Any], tok: Tokenizer, info: TokenizerInfo, family: str | None
 ) -> FamilySpec:
     name = family or detect_family(cfg)
     if name is None:
         raise CheckpointError(
             f"cannot tell which diffusion family model_type {cfg.get('model_type')!r} in {CONFIG_FILE} "
-            "belongs to (a plain causal LM is not a diffusion model); pass family= one of "
-            "dream, open-dcoder, coda, llada, diffill"
+            "belongs to (a plain causal LM is not a diffusion model); pass family= or add "
+            "'diffill_family' to config.json (dream, open-dcoder, coda, llada or diffill)"
         )
     try:
         return build_family(name, cfg, tok, info)
@@ -729,7 +729,7 @@ def _plan(root: Path, family: str | None, stack: ExitStack) -> tuple[CheckpointI
     store = _TensorStore(root, stack)
     mc = layout.model_config(cfg, store.__contains__)
     tok, info = load_tokenizer(root)
-    spec = _resolve_family(cfg, layout, tok, info, family)
+    spec = _resolve_family(cfg, tok, info, family)
     for what, tid in (("mask", spec.mask_id), ("pad", spec.pad_id), *(("eos", i) for i in spec.eos_ids)):
         if not 0 <= tid < mc.vocab_size:
             raise CheckpointError(

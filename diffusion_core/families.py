@@ -93,7 +93,12 @@ _BY_ARCHITECTURE = {
 
 
 def detect_family(config: Mapping[str, Any]) -> str | None:
-    """Family named by config.json (``model_type`` first, then ``architectures``), or None."""
+    """Family named by config.json: an explicit ``diffill_family`` key (so a checkpoint whose
+    model_type says nothing, e.g. a plain ``llama`` diffusion fine-tune, can be served without
+    code), then ``model_type``, then ``architectures``; None when nothing matches."""
+    explicit = config.get("diffill_family")
+    if isinstance(explicit, str) and explicit:
+        return explicit
     name = _BY_MODEL_TYPE.get(str(config.get("model_type", "")).lower())
     if name:
         return name

@@ -139,6 +139,13 @@ def test_plain_llama_needs_a_family(tmp_path: Path) -> None:
     shutil.copy(src / "tokenizer.json", tmp_path / "tokenizer.json")
     with pytest.raises(CheckpointError, match="cannot tell which diffusion family model_type 'llama'"):
         load_checkpoint(tmp_path)
+    # naming the family in config.json serves it without code (the tokenizer declares no mask
+    # token, so the open-dcoder builder needs config.json's mask id)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(diffill_family="open-dcoder", mask_token_id=5)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    ck = load_checkpoint(tmp_path)
+    assert ck.family.name == "open-dcoder" and ck.family.mask_id == 5 and ck.family.shifted
 
 
 # ----------------------------------------------------------------------------- family directories
