@@ -23,7 +23,7 @@ from .postprocess import postprocess
 from .scheduler import Scheduler
 from .settings import Settings
 from .stats import Stats
-from .worker import EngineWorker, Prepare
+from .worker import EngineWorker, NotReady, Prepare
 
 __all__ = ["Completer", "Suggestion"]
 
@@ -127,7 +127,13 @@ class Completer:
         else:
             version = doc.version
             debounce = 0.0 if invoked else s.debounce_ms / 1000.0
-            raw = await self.scheduler.run(uri, key, _prepare(ctx, s), debounce)
+            try:
+                raw = await self.scheduler.run(uri, key, _prepare(ctx, s), debounce)
+            except NotReady:
+                return None
+            except Exception:  # noqa: BLE001 - a model error is logged; the editor just gets nothing
+                log.exception("completion failed for %s", uri)
+                return None
             if raw is None:
                 return None
             self.cache.put(key, raw)

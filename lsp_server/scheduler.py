@@ -5,6 +5,8 @@
 - A new request for a document supersedes the older one: the older one's ticket is cancelled, so
   it stops between denoising steps (or is dropped from the queue) and answers empty. A stale
   result is never returned.
+- A request for exactly the context that is already being computed (an editor asking for inline
+  and list completions at once) waits for that run instead of superseding it.
 - A prefetch computes the completion that follows the one just shown, in idle time. If the user
   accepts before it finishes, the request for that same context waits for it instead of
   starting over.
@@ -33,11 +35,27 @@ class Scheduler:
         self.worker = worker
         self.stats = stats
         self._latest: dict[str, Ticket] = {}
+        self._inflight: dict[bytes, asyncio.Future] = {}
         self._prefetch: tuple[bytes, Ticket, asyncio.Future] | None = None
 
     async def run(self, doc_key: str, key: bytes, prepare: Prepare, debounce_s: float = 0.0) -> str | None:
         """The model's raw text for one request, or None when a newer request for the same
         document superseded it. Raises ``asyncio.CancelledError`` on ``$/cancelRequest``."""
+        shared = self._inflight.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = outcome
+        text: str | None = None
+        try:
+            text = await self._run(doc_key, key, prepare, debounce_s)
+            return text
+        finally:
+            if self._inflight.get(key) is outcome:
+                del self._inflight[key]
+            outcome.set_result(text)  # waiters get None when this run was cancelled or failed
+
+    async def _run(self, doc_key: str, key: bytes, prepare: Prepare, debounce_s: float) -> str | None:
         ticket = Ticket()
         older = self._latest.get(doc_key)
         if older is not None:

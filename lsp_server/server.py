@@ -23,6 +23,7 @@ thread and polls the request's cancel flag between denoising steps.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -153,7 +154,7 @@ class DiffillServer(LanguageServer):
     def report_server_error(self, error: Exception, source: Any) -> None:
         """Log instead of popping a message box per malformed message; answer bad JSON."""
         log.warning("protocol error (%s): %s", getattr(source, "__name__", source), error)
-        if isinstance(error, ValueError) and not isinstance(error, JsonRpcException):
+        if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
             # a plain dict: the typed message would drop the null id that JSON-RPC requires here
             self.protocol._send_data({"jsonrpc": "2.0", "id": None, "error": {
                 "code": int(types.ErrorCodes.ParseError), "message": f"Parse error: {error}"}})

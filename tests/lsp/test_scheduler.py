@@ -104,6 +104,24 @@ def test_newer_request_for_a_document_supersedes_and_stops_the_running_one():
     asyncio.run(main())
 
 
+def test_the_same_context_asked_twice_at_once_runs_once():
+    async def main() -> None:
+        fake = FakeBackend()
+        w = await ready_worker(fake)
+        sched = Scheduler(w, w.stats)
+        fake.hold.clear()
+        inline = asyncio.ensure_future(sched.run("file:///a.py", b"same", job()))
+        await wait_until(fake.started.is_set)
+        listed = asyncio.ensure_future(sched.run("file:///a.py", b"same", job()))
+        await asyncio.sleep(0.02)
+        fake.hold.set()
+        assert await asyncio.gather(inline, listed) == ["value = 1", "value = 1"]
+        assert len(fake.calls) == 1 and w.stats.superseded == 0
+        w.stop()
+
+    asyncio.run(main())
+
+
 def test_cancel_request_stops_the_engine_between_steps():
     async def main() -> None:
         fake = FakeBackend()
@@ -271,11 +289,37 @@ def test_prefetch_makes_accepting_and_continuing_a_cache_hit():
         assert first is not None
         await wait_until(lambda: w.stats.prefetches == 1)
         # the editor inserts the accepted text, then asks again at its end
-        store.change(doc.uri, 2, [types.TextDocumentContentChangePartial(
-            range=types.Range(types.Position(1, 4), types.Position(1, 4)), text=first.text)])
+        store.change(
+            doc.uri,
+            2,
+            [
+                types.TextDocumentContentChangePartial(
+                    range=types.Range(types.Position(1, 4), types.Position(1, 4)), text=first.text
+                )
+            ],
+        )
         nxt = await comp.complete(doc.uri, types.Position(1, 4 + len(first.text)), invoked=False)
         assert nxt is not None and nxt.source == "prefetch"
         assert w.stats.prefetch_hits == 1 and len(fake.calls) == 2
+        w.stop()
+
+    asyncio.run(main())
+
+
+def test_selected_suggestion_is_extended_over_its_range():
+    async def main() -> None:
+        fake = FakeBackend(answer="(value)")
+        w = await ready_worker(fake)
+        store = DocumentStore()
+        settings = Settings(prefetch=False)
+        comp = Completer(store, w, w.stats, lambda: settings)
+        store.open("file:///a.py", "value = 1\npr\n", "python", 1)
+        selected = types.SelectedCompletionInfo(
+            range=types.Range(types.Position(1, 0), types.Position(1, 2)), text="print")
+        sug = await comp.complete("file:///a.py", types.Position(1, 2), invoked=False, selected=selected)
+        assert sug is not None and sug.text == "print(value)"
+        assert (sug.start, sug.end) == (types.Position(1, 0), types.Position(1, 2))
+        assert fake.calls[0][0].prefix.endswith("value = 1\nprint")
         w.stop()
 
     asyncio.run(main())

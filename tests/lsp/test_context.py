@@ -1,0 +1,91 @@
+"""Context windows and token cuts: what the model sees, and the keys the cache and prefetch use."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lsprotocol import types
+
+from lsp_server.context import (
+    RingBuffer,
+    after_accepting,
+    build_context,
+    cut_prefix,
+    cut_suffix,
+    prefix_window,
+    suffix_window,
+)
+from lsp_server.documents import Document
+from lsp_server.settings import Settings
+
+from .conftest import REPO
+
+
+def words(text: str) -> int:
+    """A stand-in tokenizer: one token per word and per line break."""
+    return len(text.split()) + text.count("\n")
+
+
+def test_windows_start_and_end_at_line_boundaries():
+    text = "".join(f"line {i}\n" for i in range(100))
+    tail = text[-41:]
+    assert prefix_window(tail, 40) == "line 95\nline 96\nline 97\nline 98\nline 99\n"
+    assert prefix_window("short\nfile", 40) == "short\nfile"
+    assert suffix_window(text, 20) == "line 0\nline 1\n"
+    assert prefix_window("x" * 100, 40) == "x" * 40  # one huge line: plain character cut
+
+
+def test_token_cuts_keep_whole_lines_nearest_the_cursor():
+    prefix = "import os\nimport sys\n\ndef main(argv):\n    return run(argv)\n    "
+    assert cut_prefix(prefix, 6, words) == "def main(argv):\n    return run(argv)\n    "
+    assert cut_prefix(prefix, 100, words) == prefix
+    assert cut_prefix("a b c d e f g h", 3, words) == " f g h"  # the cursor line alone is too long
+    suffix = "\n    print(x)\n    return x\n\ndef other():\n    pass\n"
+    assert cut_suffix(suffix, 7, words) == "\n    print(x)\n    return x\n\n"
+    assert cut_suffix(suffix, 0, words) == ""
+
+
+def test_snippets_come_from_other_files_of_the_same_language():
+    ring = RingBuffer(chunk_lines=8)
+    a = Document("file:///a.py", "def helper(x):\n    return x * 2\n\nVALUE = 3\n", "python")
+    b = Document("file:///b.ts", "export function helper(x) {\n  return x * 2;\n}\n", "typescript")
+    me = Document("file:///me.py", "print(helper(VALUE))\n", "python")
+    for d in (a, b, me):
+        ring.add(d, 0)
+    snippets = ring.snippets("file:///me.py", "python", 10_000)
+    assert snippets.startswith("# a.py\ndef helper(x):") and "export" not in snippets
+    assert "print(helper" not in snippets  # never the file being edited
+    ctx = build_context(me, types.Position(1, 0), Settings(extra_context_tokens=64), ring)
+    assert ctx.extra == snippets
+    assert build_context(me, types.Position(1, 0), Settings(), ring).extra == ""  # off by default
+
+
+text_st = st.text("ab \t\n(){}:é😀", max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(before=text_st, after=text_st, inserted=st.text("xy \n\t)😀", min_size=1, max_size=20),
+       budget=st.integers(16, 40))
+def test_prefetch_context_equals_the_document_after_accepting(before, after, inserted, budget):
+    """The prefetch key must match the key of the request that follows the accept exactly."""
+    s = Settings(prefix_tokens=budget, suffix_tokens=budget)
+    doc = Document("file:///a.py", before + after, "python")
+    lines = before.split("\n")
+    pos = types.Position(len(lines) - 1, len(lines[-1].encode("utf-16-le")) // 2)
+    ctx = build_context(doc, pos, s)
+    accepted = Document("file:///a.py", before + inserted + after, "python")
+    lines2 = (before + inserted).split("\n")
+    pos2 = types.Position(len(lines2) - 1, len(lines2[-1].encode("utf-16-le")) // 2)
+    real = build_context(accepted, pos2, s)
+    guess = after_accepting(ctx, inserted)
+    assert (guess.tail, guess.prefix, guess.suffix) == (real.tail, real.prefix, real.suffix)
+    assert guess.edit.line_prefix == real.edit.line_prefix
+
+
+def test_language_server_package_imports_no_torch():
+    code = ("import sys, lsp_server.server, lsp_server.completer, diffill.commands.serve; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
