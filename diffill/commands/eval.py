@@ -22,7 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data", default=str(DEFAULT_DATA), help="directory holding the *.jsonl.gz files")
     add_model_arguments(p)
-    p.add_argument("--limit", type=int, default=0, help="only the first N problems (0 = all)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=0,
+        help="only N problems, evenly spaced over the subset so every task is represented (0 = all)",
+    )
     p.add_argument(
         "--length",
         default="fixed",
@@ -52,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
         load_problems,
         read_samples,
         score,
+        spread,
         write_samples,
     )
 
     problems = load_problems(args.data, args.subset)
-    if args.limit:
-        problems = problems[: args.limit]
+    if args.limit and args.limit < len(problems):
+        problems = spread(problems, args.limit)
     settings: dict = {}
     info: dict[str, dict] = {}
     if args.samples:

@@ -50,6 +50,15 @@ def load_problems(data_dir: str | Path, subset: str) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def spread(problems: Sequence[dict], n: int) -> list[dict]:
+    """``n`` problems evenly spaced over ``problems``: a --limit run then samples every task of the
+    benchmark instead of only the first few (the files are sorted by task)."""
+    if n >= len(problems):
+        return list(problems)
+    step = len(problems) / n
+    return [problems[int(i * step)] for i in range(n)]
+
+
 def build_program(problem: dict, completion: str) -> str:
     return (
         problem["prompt"]

@@ -72,6 +72,7 @@ class TrainConfig:
     save_every: int = 250
     eval_examples: int = 128
     threads: int = 0  # 0: leave torch's default
+    workers: int = 0  # data-loader processes building batches ahead (GPU runs need them)
     device: str = "auto"
     max_minutes: float = 0.0  # stop (after saving) when the wall clock passes this; 0 = no limit
     extra: dict = field(default_factory=dict)
@@ -226,6 +227,57 @@ def batch_for_step(maker: ExampleMaker, seed: int, step: int, batch_size: int) -
     return collate([maker.make(rng) for _ in range(batch_size)], maker.seq_len, maker.eos)
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Batch ``i`` is the batch of step ``i``: lets a DataLoader build batches in worker processes
+    while keeping them identical to the single-process ones (and therefore resumable)."""
+
+    def __init__(self, maker: ExampleMaker, seed: int, batch_size: int, steps: int) -> None:
+        self.maker, self.seed, self.batch_size, self.steps = maker, seed, batch_size, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        return batch_for_step(self.maker, self.seed, step, self.batch_size)
+
+
+def shard_weights(
+    model_dir: str | Path, max_bytes: int = 15_000_000, dtype: torch.dtype | None = None
+) -> list[Path]:
+    """Split ``model.safetensors`` into shards of at most ``max_bytes`` plus the usual
+    ``model.safetensors.index.json`` (git hosts and the package limit large files); optionally
+    cast floating tensors (e.g. to bfloat16) first."""
+    from safetensors.torch import load_file, save_file
+
+    root = Path(model_dir)
+    tensors = load_file(str(root / "model.safetensors"))
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    groups: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        nbytes = tensors[name].numel() * tensors[name].element_size()
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][name] = tensors[name]
+        size += nbytes
+    if len(groups) == 1:
+        save_file(groups[0], str(root / "model.safetensors"), metadata={"format": "pt"})
+        return [root / "model.safetensors"]
+    paths, weight_map = [], {}
+    for i, g in enumerate(groups, 1):
+        name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        save_file(g, str(root / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in g})
+        paths.append(root / name)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=1) + "\n")
+    (root / "model.safetensors").unlink()
+    return paths
+
+
 # ------------------------------------------------------------------------------------ model
 def init_weights(model: Transformer) -> None:
     """GPT-2 style init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 * layers).
@@ -297,6 +349,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        torch.backends.cuda.matmul.allow_tf32 = True
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
@@ -378,7 +431,7 @@ class Trainer:
         self.model.train()
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step, self.cfg, self.time_frac())
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             loss = loss_fn(self.model, batch)
         loss.backward()
@@ -426,10 +479,26 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, dynamic_ncols=True)
         tokens = 0
         ema: float | None = None
+        loader = None
+        if cfg.workers:
+            ds = StepBatches(self.maker, cfg.seed, cfg.batch_size, cfg.steps)
+            loader = iter(
+                torch.utils.data.DataLoader(
+                    torch.utils.data.Subset(ds, range(self.step, cfg.steps)),
+                    batch_size=None,
+                    num_workers=cfg.workers,
+                    prefetch_factor=4,
+                    pin_memory=self.device.type == "cuda",
+                    persistent_workers=False,
+                )
+            )
         try:
             while self.step < cfg.steps:
                 t0 = time.time()
-                batch = batch_for_step(self.maker, cfg.seed, self.step, cfg.batch_size)
+                if loader is not None:
+                    batch = next(loader)
+                else:
+                    batch = batch_for_step(self.maker, cfg.seed, self.step, cfg.batch_size)
                 loss = self.train_step(batch)
                 self.elapsed += time.time() - t0
                 tokens += int(batch["key_mask"].sum())

@@ -14,6 +14,7 @@ from diffusion_core.evaluation.humaneval import (
     load_problems,
     run_program,
     score,
+    spread,
 )
 
 # made-up problems in the benchmark's format (no benchmark text is copied into the repository)
@@ -116,3 +117,9 @@ def test_program_is_isolated(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN0
 def test_load_problems_by_subset(tmp_path: Path) -> None:
     d = write_data(tmp_path)
     assert [p["task_id"] for p in load_problems(d, "single-line")] == ["Toy/0", "Toy/1"]
+
+
+def test_limit_spreads_over_tasks() -> None:
+    problems = [{"task_id": f"T/{i}"} for i in range(10)]
+    assert [p["task_id"] for p in spread(problems, 3)] == ["T/0", "T/3", "T/6"]
+    assert spread(problems, 20) == problems

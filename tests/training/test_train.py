@@ -13,10 +13,12 @@ from diffusion_core.checkpoint import load_checkpoint
 from diffusion_core.training.tokenizer_train import train_tokenizer
 from diffusion_core.training.train import (
     ExampleMaker,
+    StepBatches,
     TrainConfig,
     Trainer,
     batch_for_step,
     loss_fn,
+    shard_weights,
 )
 
 TEXTS = [
@@ -120,3 +122,24 @@ def test_run_saves_loadable_checkpoint(tok_path: Path, tmp_path: Path) -> None:
     assert not ckpt.family.shifted
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(ckpt.model.state_dict()[k], v)
+
+
+def test_worker_batches_equal_inline_batches(tok_path: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tok_path, tmp_path), texts=TEXTS, val_texts=TEXTS[:4])
+    ds = StepBatches(trainer.maker, 0, 4, 6)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, range(2, 6)), batch_size=None, num_workers=2
+    )
+    for step, got in zip(range(2, 6), loader, strict=True):
+        want = batch_for_step(trainer.maker, 0, step, 4)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_shard_weights_round_trip(tok_path: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tok_path, tmp_path), texts=TEXTS, val_texts=TEXTS[:4])
+    out = trainer.export(tmp_path / "m")
+    shards = shard_weights(out, max_bytes=20_000, dtype=torch.bfloat16)
+    assert len(shards) > 1 and all(p.stat().st_size < 40_000 for p in shards)
+    ckpt = load_checkpoint(out, dtype="float32")
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(ckpt.model.state_dict()[k], v.to(torch.bfloat16).float())
