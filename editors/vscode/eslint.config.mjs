@@ -3,7 +3,7 @@ import globals from 'globals';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-    { ignores: ['out/**', 'node_modules/**', '*.vsix'] },
+    { ignores: ['out/**', 'node_modules/**', '*.vsix', '.test-work/**'] },
     js.configs.recommended,
     {
         files: ['src/**/*.ts'],

@@ -35,6 +35,14 @@ import { StatusBar } from './status';
 /** Reads `diffill.*` fresh on every call, so the server always gets the current values. */
 const getSetting: SettingGetter = (key) => vscode.workspace.getConfiguration(SECTION).get(key);
 
+/** The server's notification of the model's state (lsp_server/server.py). */
+const STATUS_NOTIFICATION = 'diffill/status';
+interface ServerStatus {
+    state: 'loading' | 'ready' | 'failed';
+    modelId?: string | null;
+    error?: string | null;
+}
+
 /** Crash-restarts allowed within RESTART_WINDOW_MS before giving up and telling the user. */
 const MAX_RESTARTS = 4;
 const RESTART_WINDOW_MS = 3 * 60 * 1000;
@@ -214,6 +222,9 @@ class DiffillExtension implements vscode.Disposable {
         };
         const client = new LanguageClient('diffill', 'Diffill', serverOptions, clientOptions);
         this.client = client;
+        client.onNotification(STATUS_NOTIFICATION, (params: ServerStatus) => {
+            this.onServerStatus(params);
+        });
         client.onDidChangeState((e) => {
             if (e.newState === State.Stopped && this.status.getPhase() !== 'error') {
                 this.status.setPhase('stopped');
@@ -229,8 +240,8 @@ class DiffillExtension implements vscode.Disposable {
             return;
         }
         if (this.status.getPhase() === 'starting') {
-            // No model-loading progress yet: the model is ready or loads lazily.
-            this.status.setPhase('ready', client.initializeResult?.serverInfo?.version ?? '');
+            // The server loads the model after `initialized` and reports it with diffill/status.
+            this.status.setPhase('loading', 'waiting for the model');
         }
         this.log.info('The language server is running.');
     }
@@ -253,23 +264,34 @@ class DiffillExtension implements vscode.Disposable {
         token: string | number,
         params: WorkDoneProgressBegin | WorkDoneProgressReport | WorkDoneProgressEnd,
     ): void {
+        // Only for the tooltip: the phase itself follows `diffill/status`.
         if (params.kind === 'begin') {
-            this.progressTitles.set(token, params.title);
-            this.status.setPhase('loading', [params.title, params.message].filter(Boolean).join(': '));
-        } else if (params.kind === 'report') {
-            const title = this.progressTitles.get(token) ?? '';
-            const pct = params.percentage === undefined ? '' : ` ${params.percentage}%`;
-            this.status.setPhase('loading', [title, params.message].filter(Boolean).join(': ') + pct);
-        } else {
-            this.progressTitles.delete(token);
-            if (this.progressTitles.size === 0) {
-                const message = params.message ?? '';
-                if (/\b(fail|failed|error|cannot|could not)\b/i.test(message)) {
-                    this.status.setPhase('error', message);
-                } else {
-                    this.status.setPhase('ready', message);
-                }
+            this.progressTitles.set(token, params.message ?? params.title);
+            if (this.status.getPhase() !== 'ready') {
+                this.status.setPhase('loading', params.message ?? params.title);
             }
+        } else if (params.kind === 'report' && this.status.getPhase() === 'loading') {
+            const pct = params.percentage === undefined ? '' : ` (${params.percentage}%)`;
+            this.status.setPhase('loading', (params.message ?? this.progressTitles.get(token) ?? '') + pct);
+        } else if (params.kind === 'end') {
+            this.progressTitles.delete(token);
+        }
+    }
+
+    /** The server's `diffill/status` notification: the model's state. */
+    private onServerStatus(params: ServerStatus): void {
+        switch (params.state) {
+            case 'loading':
+                this.status.setPhase('loading', params.modelId ?? '');
+                break;
+            case 'ready':
+                this.status.setPhase('ready', params.modelId ?? '');
+                break;
+            case 'failed':
+                this.status.setPhase('error', `the model did not load: ${params.error ?? 'unknown error'}`);
+                break;
+            default:
+                break;
         }
     }
 
