@@ -12,6 +12,7 @@ import sys
 
 # name -> module under diffill.commands (keep sorted; one line per command)
 COMMANDS: dict[str, str] = {
+    "bench": "bench",
     "complete": "complete",
     "corpus": "corpus",
     "eval": "eval",
