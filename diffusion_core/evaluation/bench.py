@@ -106,6 +106,7 @@ class Cell:
     floor_ms: float  # memory floor of one step at this context
     x_floor: float  # step_ms / floor_ms
     peak_mem_mb: float
+    cpu_ms: float  # p50 of this process's CPU time per request (wall minus waiting on a busy host)
 
 
 # ------------------------------------------------------------------------------------ models
@@ -189,18 +190,22 @@ def kv_bytes(cfg: ModelConfig, length: int, elt: int) -> int:
     return 2 * cfg.num_layers * cfg.num_kv_heads * length * cfg.head_dim * elt
 
 
-def _timed(fn: Callable[[], int], device: torch.device, repeats: int, warmup: int) -> tuple[list[float], int]:
+def _timed(
+    fn: Callable[[], int], device: torch.device, repeats: int, warmup: int
+) -> tuple[list[float], list[float], int]:
+    """Wall-clock and process-CPU milliseconds per call, and the steps the last call took."""
     steps = 0
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         steps = fn()
         _sync(device)
         times.append((time.perf_counter() - t0) * 1000.0)
-    return times, steps
+        cpu.append((time.process_time() - c0) * 1000.0)
+    return times, cpu, steps
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -288,7 +293,7 @@ def run_cell(
         torch.cuda.reset_peak_memory_stats(dev)
     try:
         with torch.inference_mode():
-            times, steps = _timed(fn, dev, repeats, cfg.warmup)
+            times, cpu, steps = _timed(fn, dev, repeats, cfg.warmup)
     finally:
         model.use_kernels = None
     p50 = statistics.median(times)
@@ -299,7 +304,7 @@ def run_cell(
         model=name, context=context, middle=middle, variant=variant,
         p50_ms=p50, p95_ms=_pct(times, 0.95), mean_ms=statistics.fmean(times), runs=len(times),
         steps=steps, tokens_per_s=middle / p50 * 1000.0, step_ms=step_ms, floor_ms=floor,
-        x_floor=step_ms / floor, peak_mem_mb=_peak_mb(dev),
+        x_floor=step_ms / floor, peak_mem_mb=_peak_mb(dev), cpu_ms=statistics.median(cpu),
     )  # fmt: skip
 
 
@@ -410,7 +415,7 @@ def summary_rows(cells: list[Cell]) -> list[dict]:
         row = {
             "model": model, "context": context, "middle": middle, "p50_ms": e.p50_ms, "p95_ms": e.p95_ms,
             "steps": e.steps, "tokens_per_s": e.tokens_per_s, "step_ms": e.step_ms, "floor_ms": e.floor_ms,
-            "x_floor": e.x_floor, "peak_mem_mb": e.peak_mem_mb,
+            "x_floor": e.x_floor, "peak_mem_mb": e.peak_mem_mb, "cpu_ms": e.cpu_ms,
         }  # fmt: skip
         for base in ("reference", "eager"):
             row[f"speedup_vs_{base}"] = v[base].p50_ms / e.p50_ms if base in v else None
@@ -448,13 +453,14 @@ def markdown(result: dict) -> str:
             f"{_fmt(r['speedup_vs_eager'], '.1f')}x | {_fmt(r['tokens_per_s_vs_ar'], '.1f')}x |"
         )
     lines += ["", "All cells (every variant):", "",
-              "| model | ctx | mid | variant | p50 ms | p95 ms | runs | steps | tok/s | step ms | x floor |",
-              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "| model | ctx | mid | variant | p50 ms | p95 ms | runs | steps | tok/s | step ms | x floor "
+              "| CPU ms |",
+              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for c in result["cells"]:
         lines.append(
             f"| {c['model']} | {c['context']} | {c['middle']} | {c['variant']} | {c['p50_ms']:.1f} | "
             f"{c['p95_ms']:.1f} | {c['runs']} | {c['steps']} | {c['tokens_per_s']:.0f} | "
-            f"{c['step_ms']:.2f} | {c['x_floor']:.2f} |"
+            f"{c['step_ms']:.2f} | {c['x_floor']:.2f} | {c['cpu_ms']:.0f} |"
         )
     hits = [
         f"{k[0]} ctx {k[1]} mid {k[2]}: p50 {r['p50_ms']:.1f} ms (target {t:.0f} ms: "
@@ -466,8 +472,9 @@ def markdown(result: dict) -> str:
     if hits:
         lines += ["", "Targets (issue 6, H100):", ""] + [f"- {h}" for h in hits]
     if m["device"] == "cpu":
-        lines += ["", "CPU: no Triton kernels or CUDA graphs, so the engine and (b) run the same code; "
-                  f"load average during the run {m['load_average']}."]  # fmt: skip
+        lines += ["", "CPU: no Triton kernels or CUDA graphs, so the engine and (b) run the same code. "
+                  f"Load average at the start: {m['load_average']}; on a shared host compare the CPU ms "
+                  "column (this process's CPU time per request) with the wall-clock p50."]  # fmt: skip
     if result["skipped"]:
         lines += ["", f"Skipped (time budget): {', '.join(result['skipped'])}"]
     return "\n".join(lines) + "\n"
