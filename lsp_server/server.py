@@ -110,6 +110,16 @@ class DiffillProtocol(LanguageServerProtocol):
                 return
         super().handle_message(message)
 
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params: types.InitializeParams) -> Generator:
+        result = yield from super().lsp_initialize(params)
+        mode = self._server.settings.completion_provider
+        inline_client = params.capabilities.text_document is not None and \
+            params.capabilities.text_document.inline_completion is not None
+        if mode == "off" or (mode == "auto" and inline_client):
+            result.capabilities.completion_provider = None
+        return result
+
     @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
     def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams) -> Generator:
         if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_OPEN)) is not None:
@@ -203,11 +213,11 @@ class DiffillServer(LanguageServer):
             model_id = await self.worker.load(*args)
         except LoadFailed as exc:
             self._progress_end(token, "Model failed to load")
-            self.send_status()
             self.window_show_message(types.ShowMessageParams(
                 type=types.MessageType.Error,
                 message=f"Diffill: could not load the model ({args[0] or 'embedded default'}): {exc}. "
                         "Completions stay off until the model loads."))
+            self.send_status()  # last: clients (and tests) may take it as "the load is reported"
             return
         if self._loaded_key != args:
             return  # a newer load was requested meanwhile; it reports for itself

@@ -37,6 +37,11 @@ Keys (JSON name: type = default — meaning):
 - ``cacheTtlS``: float 0..86400 = 600 — seconds a cached completion stays valid.
 - ``prefetch``: bool = true — after showing a completion, compute the one that follows it in idle
   time, so accepting and continuing is instant.
+- ``completionProvider``: ``"auto" | "on" | "off"`` = ``"auto"`` — whether ``initialize`` advertises
+  ``completionProvider`` (the list-completion fallback). ``auto`` advertises it only to clients that
+  do not announce ``textDocument.inlineCompletion``, so VS Code does not show the same text twice.
+  Read from ``initializationOptions`` only (capabilities are fixed at ``initialize``); the
+  ``textDocument/completion`` request is answered either way.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
     cache_size: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 512
     cache_ttl_s: Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)] = 600.0
     prefetch: bool = True
+    completion_provider: Literal["auto", "on", "off"] = "auto"
 
     def language_enabled(self, language_id: str | None) -> bool:
         """Whether completions are offered for ``language_id`` (exclusions beat inclusions)."""

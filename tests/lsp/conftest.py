@@ -48,6 +48,7 @@ class LspSession:
         self.config = config or {}
         self.notifications: list[tuple[str, Any]] = []
         self.stderr = b""
+        self.init_result: types.InitializeResult | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -152,6 +153,18 @@ class LspSession:
                 raise AssertionError(f"server state {st['state']!r}, wanted {states}: {st}")
             time.sleep(0.05)
 
+    def wait_notification(self, method: str, pred: Callable[[Any], bool] = lambda p: True,
+                          timeout: float = TIMEOUT) -> Any:
+        """The first notification of ``method`` whose params satisfy ``pred`` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m, p in list(self.notifications):
+                if m == method and pred(p):
+                    return p
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {method} notification: {self.notifications}")
+            time.sleep(0.02)
+
     def open(self, uri: str, text: str, language: str = "python", version: int = 1) -> None:
         self.client.text_document_did_open(types.DidOpenTextDocumentParams(
             text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
@@ -215,7 +228,9 @@ class LspSession:
 def lsp(tiny_model: Path) -> Iterator[LspSession]:
     """A ready server on the tiny model (module-scoped: one process per test module)."""
     s = LspSession(["--model", str(tiny_model)])
-    s.initialize(init_options={"diffill": {"debounceMs": 0, "prefetch": False, "maxTokens": 16}})
-    s.wait_state("ready")
+    options = {"diffill": {"debounceMs": 0, "prefetch": False, "maxTokens": 16}}
+    s.init_result = s.initialize(init_options=options)
+    # the status notification goes out after the progress end: both have arrived after this
+    s.wait_notification("diffill/status", lambda p: plain(p)["state"] == "ready")
     yield s
     s.close()

@@ -38,6 +38,11 @@ def first_shown(lsp: LspSession) -> tuple[str, tuple[int, int], types.InlineComp
 
 
 def test_capabilities_progress_and_model_ready(lsp: LspSession):
+    caps = lsp.init_result.capabilities
+    assert caps.inline_completion_provider is not None
+    assert caps.completion_provider is not None  # this client has no inline completion support
+    assert caps.text_document_sync.change == types.TextDocumentSyncKind.Incremental
+    assert list(caps.execute_command_provider.commands) == ["diffill.accepted"]
     st_ = lsp.stats()
     assert st_["state"] == "ready" and st_["modelId"] == "diffill-tiny"
     assert st_["positionEncoding"] == "utf-16"
@@ -91,8 +96,10 @@ def test_cache_hit_and_typed_through_make_no_model_call(lsp: LspSession):
 
 
 def test_prefetch_makes_accept_then_continue_a_cache_hit(lsp: LspSession):
-    lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-        settings={"diffill": {"prefetch": True}}))
+    lsp.notify(
+        types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+        types.DidChangeConfigurationParams(settings={"diffill": {"prefetch": True}}),
+    )
     try:
         uri, (line, col), item = first_shown(lsp)
         deadline = 200
@@ -113,20 +120,26 @@ def test_prefetch_makes_accept_then_continue_a_cache_hit(lsp: LspSession):
         assert after["prefetchHits"] == before["prefetchHits"] + 1
         assert after["cacheHits"] == before["cacheHits"] + 1
     finally:
-        lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-            settings={"diffill": {"prefetch": False}}))
+        lsp.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+            types.DidChangeConfigurationParams(settings={"diffill": {"prefetch": False}}),
+        )
 
 
 def test_cancel_request_stops_the_model_between_steps(lsp: LspSession):
-    lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-        settings={"diffill": {"maxTokens": 128, "quality": 1.0}}))
+    lsp.notify(
+        types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+        types.DidChangeConfigurationParams(settings={"diffill": {"maxTokens": 128, "quality": 1.0}}),
+    )
     try:
         uri = next(URIS)
         lsp.open(uri, "def long_function(a, b, c):\n" * 40 + "    \n")
         before = lsp.stats()
         params = types.InlineCompletionParams(
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
-            text_document=types.TextDocumentIdentifier(uri), position=types.Position(40, 4))
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(40, 4),
+        )
 
         async def go() -> Exception | object:
             proto = lsp.client.protocol
@@ -151,14 +164,20 @@ def test_cancel_request_stops_the_model_between_steps(lsp: LspSession):
         assert lsp.stats()["cancelled"] == before["cancelled"] + 1
         assert lsp.document(uri)["version"] == 1  # and the server still answers
     finally:
-        lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-            settings={"diffill": {"maxTokens": 16, "quality": 0.5}}))
+        lsp.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+            types.DidChangeConfigurationParams(settings={"diffill": {"maxTokens": 16, "quality": 0.5}}),
+        )
 
 
 def test_bad_settings_are_reported_per_field_and_good_ones_apply(lsp: LspSession):
     seen = len(lsp.notifications)
-    lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-        settings={"diffill": {"maxTokens": "lots", "quality": 3, "debounce": 5, "maxLines": 4}}))
+    lsp.notify(
+        types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+        types.DidChangeConfigurationParams(
+            settings={"diffill": {"maxTokens": "lots", "quality": 3, "debounce": 5, "maxLines": 4}}
+        ),
+    )
     cfg = lsp.stats()["settings"]
     assert cfg["maxLines"] == 4 and cfg["maxTokens"] == 16 and cfg["quality"] == 0.5
     msgs = [p for m, p in lsp.notifications[seen:] if m == types.WINDOW_SHOW_MESSAGE]
@@ -172,8 +191,10 @@ def test_model_path_change_reloads(lsp: LspSession, tmp_path: Path, tiny_model: 
 
     other = make_tiny_model_dir(tmp_path / "other", model_id="diffill-tiny-b", seed=1)
     try:
-        lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-            settings={"diffill": {"modelPath": str(other)}}))
+        lsp.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+            types.DidChangeConfigurationParams(settings={"diffill": {"modelPath": str(other)}}),
+        )
         for _ in range(400):
             st_ = lsp.stats()
             if st_["modelId"] == "diffill-tiny-b" and st_["state"] == "ready":
@@ -182,8 +203,10 @@ def test_model_path_change_reloads(lsp: LspSession, tmp_path: Path, tiny_model: 
         assert (st_["state"], st_["modelId"]) == ("ready", "diffill-tiny-b")
         assert st_["cacheEntries"] == 0  # the old model's answers are gone
     finally:
-        lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-            settings={"diffill": {"modelPath": str(tiny_model)}}))
+        lsp.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+            types.DidChangeConfigurationParams(settings={"diffill": {"modelPath": str(tiny_model)}}),
+        )
         for _ in range(400):
             st_ = lsp.stats()
             if st_["modelId"] == "diffill-tiny" and st_["state"] == "ready":
@@ -194,11 +217,16 @@ def test_model_path_change_reloads(lsp: LspSession, tmp_path: Path, tiny_model: 
 edit_pos = st.tuples(st.integers(0, 5), st.integers(0, 10))
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
-@given(initial=st.text(ALPHABET, max_size=30),
-       edits=st.lists(st.tuples(edit_pos, edit_pos, st.text(ALPHABET, max_size=6)), max_size=8),
-       probe=edit_pos)
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    initial=st.text(ALPHABET, max_size=30),
+    edits=st.lists(st.tuples(edit_pos, edit_pos, st.text(ALPHABET, max_size=6)), max_size=8),
+    probe=edit_pos,
+)
 def test_fuzzed_incremental_edits_keep_the_server_document_exact(lsp: LspSession, initial, edits, probe):
     uri = next(URIS)
     lsp.open(uri, initial)
@@ -224,7 +252,9 @@ def test_soak_thousands_of_requests_with_bounded_memory(lsp: LspSession):
         for i in range(n):
             params = types.InlineCompletionParams(
                 context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
-                text_document=types.TextDocumentIdentifier(uri), position=types.Position(2, 4))
+                text_document=types.TextDocumentIdentifier(uri),
+                position=types.Position(2, 4),
+            )
             reqs.append(proto.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params))
             if i % 10 == 0:
                 reqs.append(proto.send_request_async("diffill/stats", {}))

@@ -12,7 +12,7 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from .conftest import REPO, LspSession
+from .conftest import REPO, LspSession, plain
 
 INLINE = types.TEXT_DOCUMENT_INLINE_COMPLETION
 
@@ -101,7 +101,8 @@ def test_model_load_failure_is_shown_once_and_the_server_stays_up(tmp_path: Path
     try:
         lsp.initialize(init_options={"debounceMs": 0, "prefetch": False})
         st = lsp.wait_state("failed")
-        assert str(missing) in st["error"] or "no-such-model" in st["error"]
+        assert "no-such-model" in st["error"]
+        lsp.wait_notification("diffill/status", lambda p: plain(p)["state"] == "failed")
         errors = [p for m, p in lsp.notifications if m == types.WINDOW_SHOW_MESSAGE]
         assert len(errors) == 1 and errors[0].type == types.MessageType.Error
         assert "no-such-model" in errors[0].message
@@ -132,9 +133,12 @@ def test_tcp_binds_loopback_and_speaks_lsp(tiny_model: Path):
                 port = int(m.group(1)) if m else None
             client = LanguageClient("tcp-test", "0")
             await client.start_tcp("127.0.0.1", port)
-            params = types.InitializeParams(capabilities=types.ClientCapabilities())
+            inline_caps = types.TextDocumentClientCapabilities(
+                inline_completion=types.InlineCompletionClientCapabilities())
+            params = types.InitializeParams(capabilities=types.ClientCapabilities(text_document=inline_caps))
             res = await client.initialize_async(params)
             assert res.capabilities.inline_completion_provider is not None
+            assert res.capabilities.completion_provider is None  # no duplicate list item for inline clients
             client.initialized(types.InitializedParams())
             await client.shutdown_async(None)
             client.exit(None)
@@ -145,3 +149,21 @@ def test_tcp_binds_loopback_and_speaks_lsp(tiny_model: Path):
                 await proc.wait()
 
     assert asyncio.run(main()) == 0
+
+
+def test_server_exits_when_the_editor_process_dies():
+    async def main() -> int:
+        editor = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        client = LanguageClient("watch-test", "0")
+        await client.start_io(sys.executable, "-m", "diffill.cli", "serve", "--stdio", cwd=str(REPO), env=env)
+        # no `initialized`: the model never starts loading, so this process stays light
+        await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities(),
+                                                             process_id=editor.pid))
+        editor.kill()
+        await editor.wait()
+        code = await asyncio.wait_for(client._server.wait(), 30)
+        await client.stop()
+        return code
+
+    assert asyncio.run(main()) == 1
