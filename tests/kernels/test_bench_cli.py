@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from diffill.cli import main
+
+ARGS = [
+    "bench", "--device", "cpu", "--quick", "--threads", "1", "--models", "default-shape", "--contexts", "40",
+    "--middles", "20", "--steps-per-block", "2", "--block-size", "16",
+]  # fmt: skip
 
 
 def test_bench_cpu_smoke(tmp_path: Path) -> None:
-    rc = main([
-        "bench", "--device", "cpu", "--quick", "--models", "default-shape", "--contexts", "40",
-        "--middles", "20", "--steps-per-block", "2", "--block-size", "16", "--out", str(tmp_path),
-    ])  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        rc = main([*ARGS, "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)  # --threads is process-wide
     assert rc == 0
     (js,) = tmp_path.glob("latency-cpu-*.json")
     (md,) = tmp_path.glob("latency-cpu-*.md")
