@@ -194,7 +194,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        # fused Triton kernels (diffusion_core/fast_path.py): None = on for CUDA inputs, True/False force
+        # fused Triton kernels (diffusion_core/fast_path.py, inference only: they have no backward):
+        # None = on for CUDA inputs when autograd is off; True/False force them on/off
         self.use_kernels: bool | None = None
 
     @property
@@ -214,7 +215,8 @@ class Transformer(nn.Module):
         key_mask: bool [B, T_total] marking the real (non-padding) keys of the whole canvas; with a
         cache, T_total is the cache length and ``input_ids`` covers ``[start, start + T)``.
         """
-        if self.use_kernels or (self.use_kernels is None and input_ids.is_cuda):
+        auto = self.use_kernels is None and input_ids.is_cuda and not torch.is_grad_enabled()
+        if self.use_kernels or auto:
             from .fast_path import fast_forward
 
             return fast_forward(self, input_ids, positions, key_mask, cache, start)
