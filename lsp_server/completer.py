@@ -109,10 +109,10 @@ class Completer:
         self._track_cursor(uri, doc.to_point(position).line)
 
         if not ctx.lead:
-            rest = self.typed.remainder(uri, ctx.tail, ctx.suffix)
+            rest = self.typed.remainder(uri, ctx.tail, ctx.edit.suffix)
             if rest is not None:
                 self.stats.bump("typed_through_hits")
-                self.typed.remember(uri, Shown(ctx.tail, ctx.suffix, rest, ctx.tail_limit))
+                self.typed.remember(uri, Shown(ctx.tail, ctx.edit.suffix, rest, ctx.tail_limit))
                 return self._suggest(ctx, rest, "typed-through")
 
         model_id = self.worker.model_id or ""
@@ -145,7 +145,7 @@ class Completer:
         if text is None:
             self.typed.forget(uri)
             return None
-        self.typed.remember(uri, Shown(ctx.tail, ctx.suffix, text, ctx.tail_limit))
+        self.typed.remember(uri, Shown(ctx.tail, ctx.edit.suffix, text, ctx.tail_limit))
         if s.prefetch:
             self._prefetch(ctx, text, s, model_id)
         return self._suggest(ctx, ctx.lead + text, source)

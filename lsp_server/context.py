@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 CHARS_PER_TOKEN = 8
+_EDIT_HEAD = 2000  # characters after the cursor that post-processing and typed-through look at
 _EOL = re.compile(r"\r\n|\r|\n")
 _COMMENT = {
     "python": "#", "shellscript": "#", "ruby": "#", "perl": "#", "r": "#", "yaml": "#", "toml": "#",
@@ -226,14 +227,14 @@ def build_context(doc: Document, position: types.Position, settings: Settings,
     p_limit = settings.prefix_tokens * CHARS_PER_TOKEN
     s_limit = max(settings.suffix_tokens, 1) * CHARS_PER_TOKEN
     tail = (doc.text_before(start, p_limit + 1) + lead)[-(p_limit + 1):]
-    head = doc.text_after(point, s_limit + 1)
+    head = doc.text_after(point, max(s_limit + 1, _EDIT_HEAD))
     suffix = suffix_window(head, s_limit) if settings.suffix_tokens else ""
     line = doc.line(point.line)
     unit, eol = doc.style()
     edit = EditContext(
         line_prefix=line[: start.col] + lead,
         line_suffix=line[point.col:],
-        suffix=head[:2000],
+        suffix=head[:_EDIT_HEAD],
         indent_unit=unit,
         eol=eol,
         max_lines=settings.max_lines,
