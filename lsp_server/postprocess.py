@@ -55,7 +55,14 @@ def postprocess(raw: str, ctx: EditContext) -> str | None:
         if not text.strip():
             return None
         return text
-    lines = _restyle_indent(text.split("\n"), ctx.indent_unit)
+    lines = text.split("\n")
+    step = _own_step(lines if not ctx.line_prefix.strip() else lines[1:])
+    lines = _restyle_indent(lines, ctx.indent_unit, step)
+    if not ctx.line_prefix.strip():
+        # on an empty line the first line's own indentation continues the line's: restyle both
+        joined = _restyle_indent(["", ctx.line_prefix + lines[0]], ctx.indent_unit, step)[1]
+        if joined.startswith(ctx.line_prefix):
+            lines[0] = joined[len(ctx.line_prefix):]
     lines = _cut_at_block_end(lines, ctx)
     text = _cut_closers_already_there("\n".join(lines), ctx)
     lines = _trim_overlap_lines(text.split("\n"), ctx)
@@ -178,14 +185,17 @@ def _leading(line: str) -> str:
     return line[: len(line) - len(line.lstrip(" \t"))]
 
 
-def _restyle_indent(lines: list[str], unit: str) -> list[str]:
+def _own_step(lines: list[str]) -> int:
+    """The completion's own indentation step in spaces, to turn its spaces into tab levels."""
+    steps = [len(_leading(ln)) for ln in lines if ln.strip() and "\t" not in _leading(ln)]
+    return min((s for s in steps if s), default=4)
+
+
+def _restyle_indent(lines: list[str], unit: str, own: int = 4) -> list[str]:
     """Rewrite the leading whitespace of every line after the first in the document's style."""
     if len(lines) < 2:
         return lines
     use_tabs = unit == "\t"
-    # the completion's own step, to turn its spaces into tab levels
-    steps = [len(_leading(ln)) for ln in lines[1:] if ln.strip() and "\t" not in _leading(ln)]
-    own = min((s for s in steps if s), default=4)
     tab = len(unit) if not use_tabs else max(own, 1)
     out = [lines[0]]
     for ln in lines[1:]:

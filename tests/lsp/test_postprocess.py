@@ -29,7 +29,7 @@ def test_tail_repeating_the_rest_of_the_line_is_trimmed():
 
 def test_matched_brackets_of_the_completion_are_kept():
     assert complete("print(|)\n", "format(x)") == "format(x)"
-    assert complete("print(|)\n", 'len(items))') == "len(items)"
+    assert complete("print(|)\n", "len(items))") == "len(items)"
 
 
 def test_closing_quote_and_bracket_after_the_cursor_are_not_duplicated():
@@ -46,13 +46,8 @@ def test_mid_line_cursor_gives_a_single_line():
 
 
 def test_end_of_line_allows_lines_until_the_block_ends():
-    src = (
-        "def mean(values):\n"
-        "    total = 0\n"
-        "    |\n"
-    )
-    raw = ("for v in values:\n        total += v\n    return total / len(values)\n\n"
-           "def other():\n    pass\n")
+    src = "def mean(values):\n    total = 0\n    |\n"
+    raw = "for v in values:\n        total += v\n    return total / len(values)\n\ndef other():\n    pass\n"
     assert complete(src, raw) == "for v in values:\n        total += v\n    return total / len(values)"
 
 
@@ -80,6 +75,11 @@ def test_indentation_follows_the_document_tabs():
     src = "func main() {\n\tx := 1\n\t|\n}\n"
     raw = "if x > 0 {\n        fmt.Println(x)\n    }\n}\n"
     assert complete(src, raw) == "if x > 0 {\n\t\tfmt.Println(x)\n\t}"
+
+
+def test_first_line_on_an_empty_line_is_restyled_too():
+    src = "func main() {\n\tx := 1\n|\n}\n"
+    assert complete(src, "    fmt.Println(x)\n    return") == "\tfmt.Println(x)\n\treturn"
 
 
 def test_indentation_follows_the_document_spaces():
