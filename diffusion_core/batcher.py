@@ -101,7 +101,7 @@ class Batcher:
         engine: BatchEngine,
         *,
         max_batch: int = 16,
-        wait_ms: float = 3.0,
+        wait_ms: float = 5.0,
         max_pending: int = 1024,
         name: str = "diffill-batcher",
     ) -> None:
@@ -118,6 +118,7 @@ class Batcher:
         self._closed = False
         self._inflight = 0  # submitted and not yet resolved
         self._last_batch_size = 0
+        self._last_done = float("-inf")  # when the last batch finished
         self._stats = BatcherStats()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -198,9 +199,10 @@ class Batcher:
                 return None
             head = self._pending[0]
             if self._want_company(head):
-                target = self.max_batch
-                if self._last_batch_size > 1:
-                    target = min(target, self._last_batch_size)
+                # expected company: the callers of the last batch (they tend to come back) plus
+                # those that queued while it ran; stop waiting as soon as they are all here
+                carried = sum(1 for j in self._pending if j.key == head.key and j.submitted < self._last_done)
+                target = min(self.max_batch, max(2, self._last_batch_size + carried))
                 deadline = time.perf_counter() + self.wait_s
                 while not self._closed and sum(1 for j in self._pending if j.key == head.key) < target:
                     left = deadline - time.perf_counter()
@@ -244,9 +246,13 @@ class Batcher:
             self._stats.max_batch_seen = max(self._stats.max_batch_seen, len(jobs))
             self._stats.batch_sizes[len(jobs)] = self._stats.batch_sizes.get(len(jobs), 0) + 1
         try:
-            results = self.engine.infill_batch(
-                [j.request for j in jobs], cancel=lambda: all(j.cancelled() for j in jobs)
-            )
+            try:
+                results = self.engine.infill_batch(
+                    [j.request for j in jobs], cancel=lambda: all(j.cancelled() for j in jobs)
+                )
+            finally:
+                with self._cond:
+                    self._last_done = time.perf_counter()
         except Cancelled:
             for job in jobs:
                 self._finish_cancelled(job)

@@ -246,6 +246,8 @@ class _Api:
             if not 0.0 <= req.quality <= 1.0:
                 raise ApiError(400, "quality must be between 0 and 1.", param="quality")
             changes["quality"] = req.quality
+        if getattr(req, "length_ensemble", None) is not None:
+            changes["length_ensemble"] = req.length_ensemble
         try:
             return dataclasses.replace(self.engine.default_options, **changes)
         except (ValueError, TypeError) as exc:

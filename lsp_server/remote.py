@@ -62,7 +62,8 @@ class RemoteBackend:
         max_suffix_chars: int = 16_000,
     ) -> None:
         """``model``: the id to ask for (default: the first one the server lists).
-        ``send_extensions``: also send Diffill's ``quality`` field (turn off for strict servers).
+        ``send_extensions``: also send Diffill's ``quality`` and ``length_ensemble`` fields (turn
+        off for servers that reject unknown fields).
         The character caps keep request bodies under servers' size limits; the server cuts the
         context to its own token budget anyway."""
         self.url = _base_url(url)
@@ -218,6 +219,8 @@ class RemoteBackend:
                 body["seed"] = o.seed
             if self.send_extensions:
                 body["quality"] = o.quality
+                if o.length_ensemble:
+                    body["length_ensemble"] = True
         else:
             body["temperature"] = 0.0  # greedy, as the local engine's default
         return body

@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=3.0,
-        help="how long the worker may wait for company under concurrent load (default 3)",
+        default=5.0,
+        help="how long the worker may wait for company under concurrent load (default 5)",
     )
     p.add_argument("--max-pending", type=int, default=1024, help="queued requests before answering 503")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")

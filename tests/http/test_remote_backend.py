@@ -117,3 +117,22 @@ def test_closing_a_stream_cancels_the_work(engine: Engine) -> None:
             assert hanging.started.wait(T)
         # leaving the block closed the connection mid-stream
         assert hanging.cancelled.wait(T)
+
+
+def test_plugs_into_the_language_server_backend_seam(server: LiveServer, engine: Engine) -> None:
+    """lsp_server.backend.EngineBackend adapts anything with the engine's API: a RemoteBackend too."""
+    from lsp_server.backend import Backend, EngineBackend, InfillJob
+
+    jobs = [
+        InfillJob("def fibonacci(n: int) -> int:\n    return ", "\n", max_tokens=8, quality=0.5),
+        InfillJob("import ", "\n", max_tokens=6, quality=0.5, length_ensemble=True),
+    ]
+    local = EngineBackend(engine).infill_batch(jobs)
+    remote = EngineBackend(RemoteBackend(server.url))
+    try:
+        assert isinstance(remote, Backend)
+        assert remote.model_id == engine.model_id
+        assert remote.infill_batch(jobs) == local
+        assert remote.count_tokens("some text") > 0  # an estimate: no tokenizer on the client
+    finally:
+        remote.close()
