@@ -43,6 +43,9 @@ interface ServerStatus {
     error?: string | null;
 }
 
+/** Settings that only a new server process can apply (command line, initialize-time capabilities). */
+const RESTART_KEYS: readonly string[] = [...CLIENT_KEYS, 'completionProvider'];
+
 /** Crash-restarts allowed within RESTART_WINDOW_MS before giving up and telling the user. */
 const MAX_RESTARTS = 4;
 const RESTART_WINDOW_MS = 3 * 60 * 1000;
@@ -201,9 +204,10 @@ class DiffillExtension implements vscode.Disposable {
                     }
                     return result;
                 },
-                // The server also offers its completion as a `textDocument/completion` item for editors
-                // without ghost text; VS Code shows it inline, so keep it out of the suggest widget.
-                provideCompletionItem: () => null,
+                // The server offers the same text as a `textDocument/completion` item for editors without
+                // ghost text. VS Code shows it inline, so keep it out of the suggest list unless asked.
+                provideCompletionItem: (document, position, context, token, next) =>
+                    getSetting('completionProvider') === 'on' ? next(document, position, context, token) : null,
                 workspace: {
                     // Answer the server's pull of the `diffill` section with the same object as
                     // initializationOptions, not VS Code's raw section (which holds client-only keys).
@@ -346,8 +350,8 @@ class DiffillExtension implements vscode.Disposable {
             return;
         }
         this.refreshEnabled();
-        if (CLIENT_KEYS.some((key) => e.affectsConfiguration(`${SECTION}.${key}`))) {
-            this.log.info('The server command changed: restarting the language server.');
+        if (RESTART_KEYS.some((key) => e.affectsConfiguration(`${SECTION}.${key}`))) {
+            this.log.info('A setting that needs a new server changed: restarting the language server.');
             void this.restart();
             return;
         }

@@ -26,6 +26,7 @@ export const SERVER_KEYS = [
     'cacheSize',
     'cacheTtlS',
     'prefetch',
+    'completionProvider',
 ] as const;
 
 export type ServerKey = (typeof SERVER_KEYS)[number];

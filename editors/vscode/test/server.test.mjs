@@ -49,6 +49,7 @@ const get = (key) => settingGetter(user)(key);
 let proc;
 let conn;
 let stderr = '';
+let initResult;
 const messages = [];
 const statuses = [];
 const progress = [];
@@ -99,7 +100,7 @@ before(async () => {
     );
     conn.listen();
 
-    const result = await conn.sendRequest(InitializeRequest.type, {
+    const result = (initResult = await conn.sendRequest(InitializeRequest.type, {
         processId: process.pid,
         clientInfo: { name: 'Visual Studio Code', version: '1.100.3' },
         rootUri: null,
@@ -114,7 +115,7 @@ before(async () => {
             window: { workDoneProgress: true, showMessage: {} },
         },
         initializationOptions: settings.buildInitializationOptions(get),
-    });
+    }));
     assert.ok(result.capabilities.inlineCompletionProvider, 'the server advertises inline completion');
     await conn.sendNotification(InitializedNotification.type, {});
     await conn.sendNotification(DidOpenTextDocumentNotification.type, {
@@ -143,6 +144,12 @@ test('the server accepts every setting the extension sends', async () => {
     for (const key of settings.SERVER_KEYS) {
         assert.ok(`diffill.${key}` in declared, `package.json declares diffill.${key}`);
     }
+});
+
+test('a client with inline completion gets ghost text only, no completion-list duplicate', () => {
+    assert.equal(get('completionProvider'), 'auto');
+    assert.ok(initResult.capabilities.inlineCompletionProvider);
+    assert.equal(initResult.capabilities.completionProvider ?? null, null);
 });
 
 test('model loading is reported with $/progress and diffill/status', () => {
