@@ -19,7 +19,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -278,6 +278,16 @@ class _Api:
             ) from None
         return futures
 
+    def _submit_choices(self, base: list[InfillRequest], n: int) -> tuple[list[Future], list[int]]:
+        """Submit ``n`` choices per request; return the futures and, per choice, its future's index.
+
+        Greedy decoding is deterministic, so ``n`` greedy choices are computed once and shared."""
+        opts = base[0].options
+        reps = 1 if opts is not None and opts.temperature == 0 else n
+        futures = self._submit([r for r in base for _ in range(reps)])
+        slots = [(i // n) * reps + (i % n if reps > 1 else 0) for i in range(len(base) * n)]
+        return futures, slots
+
     def _choice(self, c: Completion, stops: Sequence[str], echo: str = "") -> _Choice:
         text, stopped = _apply_stop(c.text, stops)
         tokens = self.engine.count_tokens(text) if stopped else c.tokens
@@ -358,8 +368,8 @@ class _Api:
         stops = _stops(req.stop, self.config.max_stop)
         options = self._options(req)
         suffix = req.suffix or ""
-        futures = self._submit(
-            [InfillRequest(p, suffix, max_tokens, options) for p in prompts for _ in range(req.n)]
+        futures, slots = self._submit_choices(
+            [InfillRequest(p, suffix, max_tokens, options) for p in prompts], req.n
         )
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         pairs = [(p, suffix) for p in prompts]
@@ -387,6 +397,7 @@ class _Api:
 
             return self._stream(
                 futures,
+                slots,
                 stops,
                 echo_of,
                 lambda i, ch: chunk([choice_body(i, ch)]),
@@ -397,7 +408,7 @@ class _Api:
         results = await self._gather(request, futures)
         if results is None:
             return Response(status_code=499)
-        choices = [self._choice(c, stops, echo_of(i)) for i, c in enumerate(results)]
+        choices = [self._choice(results[k], stops, echo_of(i)) for i, k in enumerate(slots)]
         prompt_tokens = await self._usage_prompt_tokens(pairs)
         completion_tokens = sum(ch.tokens for ch in choices)
         return _json(
@@ -448,7 +459,7 @@ class _Api:
             prompt = self.chat_template.render(messages, add_generation_prompt=True)
         except ChatTemplateError as exc:
             raise ApiError(400, f"The chat template rejected the messages: {exc}", param="messages") from None
-        futures = self._submit([InfillRequest(prompt, "", max_tokens, options) for _ in range(req.n)])
+        futures, slots = self._submit_choices([InfillRequest(prompt, "", max_tokens, options)], req.n)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         pairs = [(prompt, "")]
 
@@ -499,6 +510,7 @@ class _Api:
 
             return self._stream(
                 futures,
+                slots,
                 stops,
                 lambda i: "",
                 chunks,
@@ -509,7 +521,7 @@ class _Api:
         results = await self._gather(request, futures)
         if results is None:
             return Response(status_code=499)
-        choices = [self._choice(c, stops) for c in results]
+        choices = [self._choice(results[k], stops) for k in slots]
         prompt_tokens = await self._usage_prompt_tokens(pairs)
         completion_tokens = sum(ch.tokens for ch in choices)
         return _json(
@@ -536,35 +548,40 @@ class _Api:
     def _stream(
         self,
         futures: list[Future],
+        slots: list[int],
         stops: Sequence[str],
-        echo_of: Any,
-        render: Any,
-        usage_chunk: Any,
+        echo_of: Callable[[int], str],
+        render: Callable[[int, _Choice], dict[str, Any] | list[dict[str, Any]]],
+        usage_chunk: Callable[[dict[str, int]], dict[str, Any]] | None,
         pairs: Sequence[tuple[str, str]],
     ) -> StreamingResponse:
         """Server-sent events: each choice as soon as it is done, then usage (if asked), then [DONE]."""
+        choices_of: dict[int, list[int]] = {}
+        for i, k in enumerate(slots):
+            choices_of.setdefault(k, []).append(i)
 
         async def events() -> AsyncIterator[bytes]:
-            index = {asyncio.wrap_future(f): i for i, f in enumerate(futures)}
+            index = {asyncio.wrap_future(f): k for k, f in enumerate(futures)}
             waiting = set(index)
             completion_tokens = 0
             try:
                 while waiting:
                     done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     for fut in sorted(done, key=index.__getitem__):
-                        i = index[fut]
                         try:
-                            ch = self._choice(fut.result(), stops, echo_of(i))
+                            result = fut.result()
                         except Cancelled:
                             return
                         except Exception as exc:
                             yield b"data: " + _encoder.encode(self._engine_error(exc).body()) + b"\n\n"
                             yield b"data: [DONE]\n\n"
                             return
-                        completion_tokens += ch.tokens
-                        out = render(i, ch)
-                        for item in out if isinstance(out, list) else [out]:
-                            yield b"data: " + _encoder.encode(item) + b"\n\n"
+                        for i in choices_of[index[fut]]:
+                            ch = self._choice(result, stops, echo_of(i))
+                            completion_tokens += ch.tokens
+                            out = render(i, ch)
+                            for item in out if isinstance(out, list) else [out]:
+                                yield b"data: " + _encoder.encode(item) + b"\n\n"
                 if usage_chunk is not None:
                     prompt_tokens = await self._usage_prompt_tokens(pairs)
                     usage = {

@@ -33,9 +33,10 @@ class LiveServer:
         chat_template: ChatTemplate | None = None,
         max_batch: int = 16,
         wait_ms: float = 3.0,
+        max_pending: int = 1024,
     ) -> None:
         self.engine = engine
-        self.batcher = Batcher(engine, max_batch=max_batch, wait_ms=wait_ms)
+        self.batcher = Batcher(engine, max_batch=max_batch, wait_ms=wait_ms, max_pending=max_pending)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

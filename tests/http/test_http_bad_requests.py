@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -162,3 +165,53 @@ def test_server_survives_all_of_it(strict: LiveServer, engine: Engine) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["text"] == engine.infill("import os\n", "", max_tokens=4).text
     assert httpx.get(strict.url + "/health").json()["status"] == "ok"
+
+
+class Held:
+    """The real engine, but every batch waits for ``release`` (so requests pile up behind it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def infill_batch(self, requests: Any, cancel: Any = None) -> list:
+        self.entered.set()
+        assert self.release.wait(60)
+        return self.engine.infill_batch(requests, cancel)
+
+
+def test_full_queue_is_503_with_retry_after(engine: Engine) -> None:
+    held = Held(engine)
+    body = {"prompt": "import ", "max_tokens": 3}
+
+    async def main(srv: LiveServer) -> None:
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:
+            first = asyncio.ensure_future(c.post("/v1/completions", json=body))
+            await asyncio.to_thread(held.entered.wait, 60)
+            second = asyncio.ensure_future(c.post("/v1/completions", json=body))
+            while srv.batcher.stats().pending < 1:
+                await asyncio.sleep(0.005)
+            r = await c.post("/v1/completions", json=body)
+            assert assert_error(r, 503)["code"] == "overloaded"
+            assert r.headers["retry-after"] == "1"
+            held.release.set()
+            expected = engine.infill("import ", "", max_tokens=3).text
+            for f in (first, second):
+                resp = await f
+                assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == expected
+
+    with LiveServer(held, max_pending=1) as srv:
+        asyncio.run(main(srv))
+
+
+def test_stopped_worker_fails_health_and_requests_with_503(engine: Engine) -> None:
+    with LiveServer(engine) as srv:
+        assert httpx.get(srv.url + "/health").status_code == 200
+        srv.batcher.close()
+        health = httpx.get(srv.url + "/health")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert_error(httpx.post(srv.url + "/v1/completions", json={"prompt": "x"}), 503)

@@ -84,12 +84,23 @@ def test_stop_sequences_and_echo(server: LiveServer, engine: Engine) -> None:
 
 def test_multiple_prompts_keep_their_order(server: LiveServer, engine: Engine) -> None:
     prompts = ["import os\n", "class Counter:\n    def ", "function sum(values) {\n  "]
+    before = server.batcher.stats().requests
     resp = client(server.url).completions.create(
         model=engine.model_id, prompt=prompts, suffix="\n", max_tokens=8, n=2
     )
     assert [c.index for c in resp.choices] == list(range(6))
     for c in resp.choices:
         assert c.text == engine.infill(prompts[c.index // 2], "\n", max_tokens=8).text
+    assert server.batcher.stats().requests - before == 3  # greedy copies are computed once
+
+
+def test_sampled_choices_are_computed_separately(server: LiveServer, engine: Engine) -> None:
+    before = server.batcher.stats().requests
+    resp = client(server.url).completions.create(
+        model=engine.model_id, prompt=PREFIX, suffix=SUFFIX, max_tokens=12, temperature=1.5, n=3, seed=3
+    )
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert server.batcher.stats().requests - before == 3
 
 
 def test_sampling_with_seed_is_reproducible(server: LiveServer, engine: Engine) -> None:
