@@ -79,3 +79,41 @@ def test_graphed_sampler_matches_eager() -> None:
     got = sample_batch(graphed, FAMILY, _canvases(), opts)
     assert [o.tokens for o in got] == [o.tokens for o in want]
     assert graphed.replays > 0
+
+
+def _emulated(model: Transformer) -> GraphedTransformer:
+    model.use_kernels = True  # interpreted Triton on the CPU
+    graphed = GraphedTransformer(model)
+    graphed.emulate = True
+    return graphed
+
+
+def test_static_buffers_match_eager_on_cpu() -> None:
+    """The graph path's data flow without CUDA: pooled bucket cache, padding keys masked, start and
+    write mask from static buffers. Same hidden states and cache as the eager window forward."""
+    model = _model("cpu", torch.float32)
+    graphed = _emulated(model)
+    b, n = 2, 70
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 250, (b, n), generator=g)
+    key_mask = torch.ones(b, n, dtype=torch.bool)
+    key_mask[1, :5] = False
+    positions = (key_mask.long().cumsum(-1) - 1).clamp_min(0)
+    with torch.inference_mode():
+        eager_cache, graph_cache = model.new_cache(b, n), graphed.new_cache(b, n)
+        assert graph_cache.bucket == 256 and graph_cache.length == n
+        graph_cache.pool_k.normal_()  # stale K/V beyond the canvas must stay masked out
+        graph_cache.pool_v.normal_()
+        for cache, m in ((eager_cache, model), (graph_cache, graphed)):
+            m(ids, positions, key_mask, cache=cache)
+            cache.write_mask = torch.ones(b, n, dtype=torch.bool)
+            cache.write_mask[0, 50:] = False
+        for start in [20, 41, 20]:
+            ids[:, start : start + 17] = torch.randint(0, 250, (b, 17), generator=g)
+            sl = slice(start, start + 17)
+            want = model(ids[:, sl], positions[:, sl], key_mask, cache=eager_cache, start=start)
+            got = graphed(ids[:, sl], positions[:, sl], key_mask, cache=graph_cache, start=start)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(graph_cache.k, eager_cache.k, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(graph_cache.v, eager_cache.v, rtol=1e-4, atol=1e-4)
+    assert graphed.captures == 1 and graphed.replays == 3
