@@ -62,8 +62,16 @@ def run(args: argparse.Namespace) -> int:
             "listening on %s without an API key: anyone who can reach it can use the model", args.host
         )
 
+    if args.max_batch < 1 or args.batch_wait_ms < 0 or args.max_pending < 1 or args.max_body_bytes < 1:
+        print("diffill serve-http: --max-batch, --max-pending, --max-body-bytes must be >= 1 and "
+              "--batch-wait-ms >= 0", file=sys.stderr)  # fmt: skip
+        return 2
     model_dir = args.model or default_model_dir()
-    engine = Engine.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
+    try:
+        engine = Engine.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
+    except (ValueError, OSError) as exc:  # CheckpointError names the missing or invalid file
+        print(f"diffill serve-http: cannot load the model from {model_dir}: {exc}", file=sys.stderr)
+        return 1
     try:
         chat_template = load_chat_template(model_dir)
     except Exception as exc:  # a broken template disables chat, not the server
@@ -81,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock.bind((args.host, args.port))
     except OSError as exc:
+        sock.close()
         print(f"diffill serve-http: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    sock.listen(2048)  # accept connections (queued) from the moment the address is printed
     port = sock.getsockname()[1]
     batcher = Batcher(
         engine, max_batch=args.max_batch, wait_ms=args.batch_wait_ms, max_pending=args.max_pending

@@ -40,13 +40,20 @@ def test_serve_http_process(tiny_model_dir: Path, engine: Engine, stop: signal.S
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+        found: list[re.Match] = []
+
+        def wait_for_address() -> None:  # log lines may come first; the address line is printed once
+            for line in proc.stdout:
+                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+                if m:
+                    found.append(m)
+                    return
+
+        reader = threading.Thread(target=wait_for_address, daemon=True)
         reader.start()
         reader.join(120)
-        assert line, "server printed nothing"
-        m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line[0])
-        assert m, line[0]
+        assert found, "the server never printed its address"
+        m = found[0]
         url = f"http://127.0.0.1:{m.group(1)}"
         assert httpx.get(url + "/health", timeout=30).json()["status"] == "ok"
         assert httpx.get(url + "/v1/models", timeout=30).status_code == 401
@@ -61,3 +68,19 @@ def test_serve_http_process(tiny_model_dir: Path, engine: Engine, stop: signal.S
             proc.kill()
             raise
     assert rc == 0  # graceful shutdown, not death by signal
+
+
+def test_serve_http_reports_a_bad_model_dir(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffill.cli",
+        "serve-http",
+        "--model",
+        str(tmp_path / "nope"),
+        "--port",
+        "0",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "cannot load the model" in proc.stderr and "Traceback" not in proc.stderr
