@@ -356,6 +356,10 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     meta = _meta(cfg, device, dtype, bandwidth)
     log(f"device {meta['card']} · {meta['dtype']} · bandwidth {meta['bandwidth_gb_s']:.0f} GB/s · "
         f"{cfg.steps_per_block} steps per {cfg.block_size}-token block")  # fmt: skip
+    load = meta["load_average"]
+    if device.type == "cpu" and load and load[0] > (os.cpu_count() or 1):
+        log(f"warning: host busy (load {load[0]:.1f} on {os.cpu_count()} cores): multi-threaded torch "
+            "spins and timings inflate; compare the CPU ms column or use --threads 1")  # fmt: skip
     t_start = time.perf_counter()
     cells: list[Cell] = []
     skipped: list[str] = []
