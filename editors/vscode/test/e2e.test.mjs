@@ -169,6 +169,8 @@ before(async () => {
     }
     writeFileSync(dirs.config, 'auth: none\ncert: false\n');
     writeFileSync(path.join(dirs.workspace, 'hello.py'), INITIAL);
+    writeFileSync(path.join(dirs.workspace, 'partial.py'), INITIAL);
+    writeFileSync(path.join(dirs.workspace, 'toggle.py'), INITIAL);
     writeUserSettings(userSettings());
 
     const install = spawnSync(codeServer, [...codeServerArgs(), '--install-extension', vsix], {
@@ -231,8 +233,13 @@ async function ghostText() {
     });
 }
 
-function diagnostics() {
-    return `\n--- page console (last 40) ---\n${consoleLines.slice(-40).join('\n')}\n--- code-server ---\n${codeServerLog.slice(-4000)}`;
+async function diagnostics() {
+    let shot = '';
+    if (page && process.env.DIFFILL_E2E_SCREENSHOT) {
+        shot = process.env.DIFFILL_E2E_SCREENSHOT.replace(/\.png$/, `-${Date.now()}.png`);
+        await page.screenshot({ path: shot }).catch(() => undefined);
+    }
+    return `\nstatus bar: ${await statusLabel().catch(() => '?')}; screenshot: ${shot || '(set DIFFILL_E2E_SCREENSHOT)'}` + `\n--- page console (last 40) ---\n${consoleLines.slice(-40).join('\n')}\n--- code-server ---\n${codeServerLog.slice(-4000)}`;
 }
 
 test('ghost text from diffill serve appears in VS Code and Tab accepts it', { timeout: 300000 }, async () => {
@@ -243,8 +250,8 @@ test('ghost text from diffill serve appears in VS Code and Tab accepts it', { ti
     const ready = await waitFor('the Diffill status bar item to say ready', async () => {
         const label = await statusLabel();
         return /ready/i.test(label) ? label : false;
-    }, 120000).catch((error) => {
-        throw new Error(`${error.message}${diagnostics()}`);
+    }, 120000).catch(async (error) => {
+        throw new Error(`${error.message}${await diagnostics()}`);
     });
     assert.match(ready, /^Diffill ready/);
 
@@ -260,8 +267,8 @@ test('ghost text from diffill serve appears in VS Code and Tab accepts it', { ti
     const ghost = await waitFor('ghost text', async () => {
         const text = await ghostText();
         return text.trim() !== '' ? text : false;
-    }, 90000).catch((error) => {
-        throw new Error(`${error.message}${diagnostics()}`);
+    }, 90000).catch(async (error) => {
+        throw new Error(`${error.message}${await diagnostics()}`);
     });
     assert.equal(readFileSync(path.join(dirs.workspace, 'hello.py'), 'utf8'), INITIAL, 'nothing was saved yet');
 
@@ -279,6 +286,72 @@ test('ghost text from diffill serve appears in VS Code and Tab accepts it', { ti
     assert.match(label, /^Diffill ready \d+ ms$/, `status bar label: ${label}`);
 });
 
+async function openFile(name) {
+    const row = page.locator(`.explorer-folders-view .monaco-list-row[aria-label^="${name}"]`);
+    await row.waitFor({ timeout: 30000 });
+    await row.dblclick();
+    await page.waitForSelector(`.tab.active[data-resource-name="${name}"]`, { timeout: 30000 });
+    await page.locator('.monaco-editor .view-lines').first().click();
+    await page.keyboard.press('Control+End');
+}
+
+async function waitForGhost(what = 'ghost text') {
+    return waitFor(what, async () => {
+        const text = await ghostText();
+        return text.trim() !== '' ? text : false;
+    }, 90000).catch(async (error) => {
+        throw new Error(`${error.message}${await diagnostics()}`);
+    });
+}
+
+async function saveAndRead(name, previous) {
+    await page.keyboard.press('Control+S');
+    return waitFor(`${name} to be saved`, () => {
+        const text = readFileSync(path.join(dirs.workspace, name), 'utf8');
+        return text !== previous ? text : false;
+    }, 20000);
+}
+
+test('accept next word (Ctrl+Right) takes a prefix of the ghost text', { timeout: 200000 }, async () => {
+    await openFile('partial.py');
+    await page.keyboard.type(TYPED, { delay: 40 });
+    const ghost = await waitForGhost();
+
+    await page.keyboard.press('Control+ArrowRight'); // editor.action.inlineSuggest.acceptNextWord
+    const afterWord = await saveAndRead('partial.py', INITIAL);
+    assert.ok(afterWord.startsWith(INITIAL + TYPED), afterWord);
+    const word = afterWord.slice((INITIAL + TYPED).length);
+    assert.notEqual(word, '', 'something was accepted');
+    assert.ok(ghost.startsWith(word), `accepted ${JSON.stringify(word)} is a prefix of ${JSON.stringify(ghost)}`);
+});
+
+test('clicking the status bar item turns completions off and on', { timeout: 200000 }, async () => {
+    const item = page.locator('[id="diffill.diffill.diffill.status"]').first();
+    await item.click();
+    await waitFor('the status bar to say disabled', async () => /^Diffill disabled/.test(await statusLabel()), 10000);
+    const stored = JSON.parse(readFileSync(path.join(dirs.userData, 'User', 'settings.json'), 'utf8'));
+    assert.equal(stored['diffill.enabled'], false, 'the toggle writes the diffill.enabled user setting');
+
+    // The same text that got a suggestion in hello.py gets none while disabled.
+    await openFile('toggle.py');
+    await page.keyboard.type(TYPED, { delay: 40 });
+    await sleep(3000);
+    assert.equal((await ghostText()).trim(), '', 'no ghost text while disabled');
+
+    await item.click();
+    await waitFor('the status bar to say ready', async () => /^Diffill ready/.test(await statusLabel()), 10000).catch(
+        async (error) => {
+            throw new Error(`${error.message}${await diagnostics()}`);
+        },
+    );
+    // Back in the editor, retype the last character: the suggestion is back.
+    await page.locator('.monaco-editor .view-lines').first().click();
+    await page.keyboard.press('Control+End');
+    await page.keyboard.press('Backspace');
+    await page.keyboard.type(TYPED.slice(-1));
+    await waitForGhost('ghost text after enabling again');
+});
+
 test('a missing Python interpreter gives a notification that says how to fix it', { timeout: 120000 }, async () => {
     // A fresh VS Code whose settings name an interpreter that does not exist.
     await stopCodeServer();
@@ -289,8 +362,8 @@ test('a missing Python interpreter gives a notification that says how to fix it'
     const toast = await waitFor('the error notification', async () => {
         const texts = await page.locator('.notifications-toasts .notification-list-item-message').allTextContents();
         return texts.find((t) => t.includes('Python was not found')) ?? false;
-    }, 60000).catch((error) => {
-        throw new Error(`${error.message}${diagnostics()}`);
+    }, 60000).catch(async (error) => {
+        throw new Error(`${error.message}${await diagnostics()}`);
     });
     assert.match(toast, /diffill\.pythonPath/);
     assert.match(toast, /pip install diffill/);
