@@ -6,6 +6,8 @@ benchmarks) goes through :class:`Engine`; nothing here imports LSP or HTTP code.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +24,7 @@ from .tokenizer import Tokenizer
 __all__ = ["Cancelled", "Completion", "Engine", "InfillRequest", "SamplingOptions", "default_model_dir"]
 
 CancelCheck = Callable[[], bool]
+log = logging.getLogger(__name__)
 
 
 def default_model_dir() -> Path:
@@ -66,7 +69,39 @@ class Engine:
     max_prefix_tokens: int = 1536
     max_suffix_tokens: int = 512
     default_options: SamplingOptions = field(default_factory=SamplingOptions)
+    cuda_graphs: bool = (
+        True  # replay denoising steps as CUDA graphs (CUDA only; DIFFILL_CUDA_GRAPHS=0 disables)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _runner: torch.nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def runner(self) -> torch.nn.Module:
+        """What the sampler calls: the model itself, or on CUDA its graph-replaying wrapper."""
+        if self._runner is None:
+            use_graphs = (
+                self.cuda_graphs
+                and self.device.type == "cuda"
+                and os.environ.get("DIFFILL_CUDA_GRAPHS", "1") != "0"
+            )
+            if use_graphs:
+                from .cuda_graphs import GraphedTransformer
+
+                self._runner = GraphedTransformer(self.model)
+            else:
+                self._runner = self.model
+        return self._runner
+
+    def _sample(self, canvases: list[Canvas], opts: SamplingOptions, cancel: CancelCheck | None):  # noqa: ANN202
+        try:
+            return sample_batch(self.runner, self.family, canvases, opts, cancel=cancel)
+        except (RuntimeError, NotImplementedError) as e:
+            if self.runner is self.model:
+                raise
+            # a capture that fails on this driver/shape must not cost the user a completion
+            log.warning("CUDA graph path failed (%s); falling back to eager kernels", e)
+            self._runner = self.model
+            return sample_batch(self.model, self.family, canvases, opts, cancel=cancel)
 
     @classmethod
     def from_pretrained(
@@ -138,7 +173,7 @@ class Engine:
                 for i in idx:
                     p, s = self.fit_context(requests[i].prefix, requests[i].suffix)
                     canvases.append(Canvas(prefix=p, suffix=s, max_tokens=requests[i].max_tokens))
-                outs = sample_batch(self.model, self.family, canvases, opts, cancel=cancel)
+                outs = self._sample(canvases, opts, cancel)
                 for i, out in zip(idx, outs):
                     results[i] = Completion(
                         text=self.tokenizer.decode(out.tokens),

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .families import FamilySpec
+from .fast_path import TokenStats, token_stats
 
 CONFIDENCE_KINDS = ("maxprob", "entropy", "margin")
 
@@ -121,6 +122,15 @@ def _score(
         top2 = probs.topk(2, dim=-1).values
         conf = top2[:, 0] - top2[:, 1]
     return tokens, conf
+
+
+def _confidence(stats: TokenStats, opts: SamplingOptions, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy token and confidence from LM-head statistics (same scale as :func:`_score`)."""
+    if opts.confidence == "maxprob":
+        return stats.token, stats.prob
+    if opts.confidence == "entropy":
+        return stats.token, 1.0 - stats.entropy / math.log(vocab)
+    return stats.token, stats.margin
 
 
 def _banned(family: FamilySpec) -> list[int]:
@@ -274,6 +284,8 @@ def _sample_rows(
 
     shift = 1 if family.shifted else 0
     banned = torch.tensor(_banned(family), device=device)
+    bias = torch.zeros(model.cfg.vocab_size, device=device)
+    bias[banned] = float("-inf")
     end_ids = torch.tensor(sorted(set(family.eos_ids) | {family.pad_id}), device=device)
     gen = _generator(opts, device)
     cache = model.new_cache(r, total) if opts.cache == "dual" else None
@@ -310,9 +322,14 @@ def _sample_rows(
             steps += 1
 
             sel = blk_masked.nonzero(as_tuple=False)  # [N, 2] (row, col-in-block), row-major
-            logits = model.logits(hb[sel[:, 0], sel[:, 1]])
-            logits[:, banned] = float("-inf")
-            tok, conf = _score(logits, opts, gen)
+            hidden = hb[sel[:, 0], sel[:, 1]]
+            if opts.temperature > 0:
+                logits = model.logits(hidden)
+                logits[:, banned] = float("-inf")
+                tok, conf = _score(logits, opts, gen)
+            else:
+                # greedy: the LM-head epilogue reduces over the vocabulary without full logits
+                tok, conf = _confidence(token_stats(model, hidden, None, bias), opts, model.cfg.vocab_size)
 
             # per-row commit counts, then top-k by confidence within each row
             n_masked = blk_masked.sum(-1)  # [r]

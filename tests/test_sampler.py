@@ -3,6 +3,8 @@ handling per family, end-of-completion, determinism, limits, cancellation, lengt
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -44,15 +46,20 @@ def tiny() -> Transformer:
 
 
 class PositionOracle(nn.Module):
-    """A fake model whose output at canvas position p predicts ``table[p]`` with confidence
-    ``conf[p]``: it makes the token each position will receive fully predictable."""
+    """A fake model whose output at canvas position p predicts ``table[p]`` with probability
+    ``conf[p]``: it makes the token each position will receive fully predictable. Its hidden state
+    is a one-hot of the position and its LM head a table of log-probabilities, so it goes through
+    the same LM-head path as a real model."""
 
     def __init__(self, table: list[int], conf: list[float] | None = None) -> None:
         super().__init__()
-        self.table = table
-        self.conf = conf or [0.95] * len(table)
-        self.weight = nn.Parameter(torch.zeros(1))
-        self.cfg = ModelConfig(VOCAB, 8, 1, 1, 1, 8)
+        conf = conf or [0.95] * len(table)
+        head = torch.empty(VOCAB, len(table))
+        for p, (tok, c) in enumerate(zip(table, conf)):
+            head[:, p] = math.log((1 - c) / (VOCAB - 1))
+            head[tok, p] = math.log(c)
+        self.weight = nn.Parameter(head, requires_grad=False)
+        self.cfg = ModelConfig(VOCAB, len(table), 1, 1, 1, 8)
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -61,20 +68,10 @@ class PositionOracle(nn.Module):
     def forward(self, ids, positions=None, key_mask=None, cache=None, start=0):  # noqa: ANN001
         if positions is None:
             positions = torch.arange(start, start + ids.shape[1]).expand_as(ids)
-        return positions[..., None].float()
+        return torch.nn.functional.one_hot(positions, self.weight.shape[1]).float()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        pos = hidden[..., 0].long()
-        out = torch.full((*pos.shape, VOCAB), -30.0)
-        for idx in range(pos.numel()):
-            p = int(pos.view(-1)[idx])
-            c = self.conf[p]
-            # probability c on the target, the rest spread evenly
-            rest = (1 - c) / (VOCAB - 1)
-            row = torch.full((VOCAB,), float(torch.tensor(rest).log()))
-            row[self.table[p]] = float(torch.tensor(c).log())
-            out.view(-1, VOCAB)[idx] = row
-        return out
+        return hidden @ self.weight.t()
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         return KVCache(1, batch, 1, length, 1, torch.float32, "cpu")
@@ -136,7 +133,7 @@ def test_shift_reads_the_right_output(shifted: bool, cache: str) -> None:
 
 
 def test_shifted_family_without_begin_tokens_and_empty_prefix() -> None:
-    table = [10 + p for p in range(50)]
+    table = [10 + p % 80 for p in range(50)]
     out = sample_batch(
         PositionOracle(table), family(True, begin=False), [Canvas([], [3], 4)], SamplingOptions()
     )
@@ -144,7 +141,7 @@ def test_shifted_family_without_begin_tokens_and_empty_prefix() -> None:
 
 
 def test_committed_end_token_ends_the_completion() -> None:
-    table = [20 + p for p in range(100)]
+    table = [20 + p % 70 for p in range(100)]
     m0 = 3  # begin + 2 prefix tokens
     table[m0 + 5] = EOS  # the model wants to stop after five tokens
     out = sample_batch(PositionOracle(table), family(False), [Canvas([2, 3], [4], 16)], SamplingOptions())[0]
@@ -154,13 +151,13 @@ def test_committed_end_token_ends_the_completion() -> None:
 
 
 def test_max_tokens_reached_reports_length() -> None:
-    table = [20 + p for p in range(100)]
+    table = [20 + p % 70 for p in range(100)]
     out = sample_batch(PositionOracle(table), family(False), [Canvas([2], [], 6)], SamplingOptions())[0]
     assert len(out.tokens) == 6 and out.stop_reason == "length"
 
 
 def test_threshold_commits_many_per_step_and_step_cap_bounds_forwards() -> None:
-    table = [20 + p for p in range(100)]
+    table = [20 + p % 70 for p in range(100)]
     confident = PositionOracle(table, [0.99] * 100)
     out = sample_batch(confident, family(False), [Canvas([2], [], 32)], SamplingOptions(quality=0.5))[0]
     assert out.steps == 1  # every position clears tau at once
@@ -173,7 +170,7 @@ def test_threshold_commits_many_per_step_and_step_cap_bounds_forwards() -> None:
 
 
 def test_fixed_steps_per_block() -> None:
-    table = [20 + p for p in range(200)]
+    table = [20 + p % 70 for p in range(200)]
     out = sample_batch(
         PositionOracle(table, [0.99] * 200),
         family(False),
@@ -212,7 +209,7 @@ def test_length_ensemble_picks_the_length_the_model_is_sure_of() -> None:
     # The model is confident about the first 8 middle tokens and the end token after them, and
     # unsure about anything it would have to invent beyond that: the 8-token candidate wins.
     m0 = 2
-    table = [20 + p for p in range(200)]
+    table = [20 + p % 70 for p in range(200)]
     conf = [0.95] * 200
     for p in range(m0 + 8, 200):
         conf[p] = 0.2
