@@ -246,6 +246,62 @@ def test_fallback_escape_dismisses_and_tab_falls_back(session: Any) -> None:
     _wait("a tab", lambda: nvim.current.line == "\t", timeout=10, nvim=nvim)
 
 
+@pytest.mark.parametrize("session", ["auto"], indirect=True)
+def test_disable_enable_and_restart(session: Any) -> None:
+    """:Diffill disable stops suggestions (server setting), enable brings them back, restart works."""
+    nvim, tmp = session
+    _open_and_type(nvim, tmp / "hello.py")
+    _wait("ghost text", lambda: _ghost(nvim), nvim=nvim)
+    nvim.input("<Esc>")
+    nvim.command("Diffill disable")
+    assert nvim.exec_lua("return require('diffill.config').enabled") is False
+    nvim.input("A<BS>d")
+    _wait("the typed text", lambda: nvim.current.line == TYPED, timeout=10, nvim=nvim)
+    time.sleep(2.0)
+    assert _ghost(nvim) is None, "no ghost text while disabled"
+
+    nvim.input("<Esc>")
+    nvim.command("Diffill enable")
+    nvim.input("A<BS>d")
+    _wait("ghost text after enabling", lambda: _ghost(nvim), nvim=nvim)
+
+    nvim.input("<Esc>")
+    first = nvim.exec_lua("return require('diffill').clients()[1].id")
+    nvim.command("Diffill restart")
+    restarted = "local c = require('diffill').clients(0)[1]; return c and c.id or 0"
+    _wait("a new client after :Diffill restart",
+          lambda: nvim.exec_lua(restarted) not in (0, first), nvim=nvim)
+    state = "return require('diffill').state()"
+    _wait("the model to load again", lambda: nvim.exec_lua(state) == "ready", nvim=nvim)
+    nvim.input("A<BS>d")
+    _wait("ghost text after the restart", lambda: _ghost(nvim), nvim=nvim)
+
+
+def test_lua_files_load(nvim_bin: str) -> None:
+    """Every Lua file of the plugin compiles, and loading the plugin sets no globals."""
+    check = Path(__file__).with_name("check_plugin.lua")
+    proc = subprocess.run([nvim_bin, "--headless", "-u", "NONE", "-i", "NONE", "-l", str(check), str(PLUGIN)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Lua files ok" in proc.stdout + proc.stderr
+
+
+def test_help_tags(nvim_bin: str, tmp_path: Path) -> None:
+    """:help diffill and its sections resolve once the doc's tags are generated."""
+    plugin = tmp_path / "diffill"
+    shutil.copytree(PLUGIN, plugin)
+    tags = ["diffill", "diffill-options", "diffill-keys", ":Diffill", "diffill.setup()", "diffill-health"]
+    script = (
+        f"helptags {plugin / 'doc'}|set rtp^={plugin}|for t in {json.dumps(tags)}|"
+        "execute 'help ' .. t|call writefile([t .. ' ' .. expand('%:t')], 'OUT', 'a')|endfor"
+    ).replace("OUT", str(tmp_path / "out.txt"))
+    proc = subprocess.run([nvim_bin, "--headless", "-u", "NONE", "-i", "NONE", "-c", script, "-c", "qa!"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert lines == [f"{t} diffill.txt" for t in tags]
+
+
 def test_checkhealth(nvim_bin: str, tiny_model: Path, tmp_path: Path) -> None:
     """:checkhealth diffill finds the server, imports the package and loads the model."""
     init = _init_lua(tmp_path / "init.lua", tiny_model, "auto")

@@ -181,9 +181,19 @@ function M.restart()
       client.stop()
     end
   end
-  vim.wait(5000, function()
+  local function stopped()
     return #M.clients() == 0
-  end, 50)
+  end
+  if not vim.wait(3000, stopped, 50) then
+    for _, client in ipairs(M.clients()) do
+      if has_011 then
+        client:stop(true)
+      else
+        client.stop(true)
+      end
+    end
+    vim.wait(2000, stopped, 50)
+  end
   local cfg = has_011 and vim.lsp.config.diffill or config.lsp_config()
   for _, bufnr in ipairs(buffers) do
     if api.nvim_buf_is_valid(bufnr) then
