@@ -35,7 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_core.engine import Engine, default_model_dir  # noqa: E402
+from diffusion_core.batcher import Batcher  # noqa: E402
+from diffusion_core.engine import Engine, InfillRequest, default_model_dir  # noqa: E402
 
 PROMPTS = [
     ("import os\nimport sys\n\n", "\n\ndef main() -> int:\n    return 0\n"),
@@ -148,6 +149,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="ABBA rounds per level")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--wait-ms", type=float, default=5.0)
+    ap.add_argument("--batch1-pairs", type=int, default=40, help="interleaved batch-1 pairs, no HTTP")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "http_batching"))
     args = ap.parse_args()
@@ -169,13 +171,26 @@ def main() -> int:
     params = engine.info()["parameters"]
     print(f"model: {engine.model_id} ({model_kind}), {params:,} parameters", flush=True)
 
-    # the floor: the engine alone, no HTTP, one request at a time
+    # batch-1 cost of the batcher itself, no HTTP: engine.infill vs Batcher.submit().result(),
+    # interleaved request by request so machine drift hits both alike
     for p, s in PROMPTS[:2]:
         engine.infill(p, s, args.max_tokens)
-    direct = []
-    for i in range(12):
-        p, s = PROMPTS[i % len(PROMPTS)]
-        direct.append(engine.infill(p, s, args.max_tokens).latency_ms)
+    direct, via_batcher = [], []
+    with Batcher(engine, max_batch=64, wait_ms=args.wait_ms) as batcher:
+        for i in range(args.batch1_pairs):
+            p, s = PROMPTS[i % len(PROMPTS)]
+            t0 = time.perf_counter()
+            engine.infill(p, s, args.max_tokens)
+            t1 = time.perf_counter()
+            batcher.submit(InfillRequest(p, s, args.max_tokens)).result()
+            t2 = time.perf_counter()
+            direct.append((t1 - t0) * 1000.0)
+            via_batcher.append((t2 - t1) * 1000.0)
+    print(
+        f"batch 1, no HTTP: engine p50 {statistics.median(direct):.1f} ms, "
+        f"via batcher p50 {statistics.median(via_batcher):.1f} ms",
+        flush=True,
+    )
 
     rows = []
     with (
@@ -202,6 +217,8 @@ def main() -> int:
         "batch_wait_ms": args.wait_ms,
         "rounds": args.rounds,
         "engine_direct_p50_ms": round(statistics.median(direct), 1),
+        "via_batcher_p50_ms": round(statistics.median(via_batcher), 1),
+        "batch1_pairs": len(direct),
         "rows": rows,
     }
     out = Path(args.out)
@@ -221,7 +238,8 @@ def render_md(r: dict[str, Any]) -> str:
         f"Model `{r['model_id']}` ({r['model']}, {r['parameters']:,} parameters), {r['device']}, "
         f"{r['torch_threads']} torch threads on {r['cpu_count']} CPUs (load average at the end: "
         f"{r['load_average_at_end']}), max_tokens {r['max_tokens']}, batch wait {r['batch_wait_ms']} ms. "
-        f"Engine alone, one request, no HTTP: p50 {r['engine_direct_p50_ms']} ms.",
+        f"Batch 1 without HTTP ({r['batch1_pairs']} interleaved pairs): `engine.infill` p50 "
+        f"{r['engine_direct_p50_ms']} ms, through the batcher p50 {r['via_batcher_p50_ms']} ms.",
         "",
         "Two `diffill serve-http` processes; closed loop over HTTP on 127.0.0.1 (N clients, each sends "
         "its next request when the last one "
