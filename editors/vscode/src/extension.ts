@@ -77,25 +77,35 @@ function findExecutable(command: string): string | undefined {
     return undefined;
 }
 
-/** Checks, before spawning the server, that its command exists and (for Python) that `diffill` imports. */
-function preflight(cmd: ServerCommand): Promise<FailureReason | undefined> {
+/** Modules the server needs: the package itself and the dependencies that are most often missing. */
+const REQUIRED_MODULES = ['diffill', 'lsp_server', 'pygls', 'lsprotocol', 'torch', 'tokenizers'];
+
+interface Preflight {
+    reason: FailureReason;
+    missing?: string[];
+}
+
+/** Checks, before spawning the server, that its command exists and (for Python) that the package and
+ * its main dependencies are importable (found, not imported: this takes a fraction of a second). */
+function preflight(cmd: ServerCommand): Promise<Preflight | undefined> {
     if (!findExecutable(cmd.command)) {
-        return Promise.resolve('no-command');
+        return Promise.resolve({ reason: 'no-command' });
     }
     if (!cmd.fromPython) {
         return Promise.resolve(undefined);
     }
     const probe =
         'import importlib.util as u, sys; ' +
-        "sys.exit(0 if u.find_spec('diffill') and u.find_spec('lsp_server') else 3)";
+        `m = [n for n in ${JSON.stringify(REQUIRED_MODULES)} if u.find_spec(n) is None]; ` +
+        "print(' '.join(m)); sys.exit(3 if m else 0)";
     return new Promise((resolve) => {
-        execFile(cmd.command, ['-c', probe], { timeout: 20000 }, (error) => {
+        execFile(cmd.command, ['-c', probe], { timeout: 20000 }, (error, stdout) => {
             if (!error) {
                 resolve(undefined);
             } else if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-                resolve('no-command');
+                resolve({ reason: 'no-command' });
             } else if (error.code === 3) {
-                resolve('no-package');
+                resolve({ reason: 'no-package', missing: stdout.trim().split(/\s+/).filter(Boolean) });
             } else {
                 resolve(undefined); // let the real start report whatever this is
             }
@@ -169,7 +179,7 @@ class DiffillExtension implements vscode.Disposable {
         this.log.info(`Starting the language server: ${[cmd.command, ...cmd.args].join(' ')}`);
         const problem = await preflight(cmd);
         if (problem) {
-            this.fail(cmd, problem);
+            this.fail(cmd, problem.reason, problem.missing);
             return;
         }
         const serverOptions: ServerOptions = {
@@ -313,8 +323,8 @@ class DiffillExtension implements vscode.Disposable {
     }
 
     /** Shows the one clear notification for a server that cannot run, with the fix as buttons. */
-    private fail(cmd: ServerCommand, reason: FailureReason): void {
-        const message = startFailureAdvice(cmd, reason);
+    private fail(cmd: ServerCommand, reason: FailureReason, missing: string[] = []): void {
+        const message = startFailureAdvice(cmd, reason, missing);
         this.log.error(message);
         this.status.setPhase('error', reason === 'crashed' ? 'the language server stopped' : message.replace(/^Diffill: /, ''));
         const actions: string[] = [];

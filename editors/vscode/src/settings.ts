@@ -134,8 +134,13 @@ export function completionsWanted(get: SettingGetter, languageId: string): boole
     return get('enabled') !== false && languageEnabled(get('languages'), languageId);
 }
 
-/** The help text shown when the server cannot start, naming what to do. */
-export function startFailureAdvice(cmd: ServerCommand, reason: 'no-command' | 'no-package' | 'crashed'): string {
+/** The help text shown when the server cannot start, naming what to do. `missing`: Python modules
+ * not found (for 'no-package'). */
+export function startFailureAdvice(
+    cmd: ServerCommand,
+    reason: 'no-command' | 'no-package' | 'crashed',
+    missing: readonly string[] = [],
+): string {
     const shown = [cmd.command, ...cmd.args].join(' ');
     switch (reason) {
         case 'no-command':
@@ -144,12 +149,16 @@ export function startFailureAdvice(cmd: ServerCommand, reason: 'no-command' | 'n
                       `"python3 -m pip install diffill", or set "diffill.pythonPath" to the interpreter that has it.`
                 : `Diffill: the server command "${cmd.command}" was not found. Fix "diffill.serverCommand" ` +
                       `(it should start "diffill serve"), or clear it to use "diffill.pythonPath".`;
-        case 'no-package':
+        case 'no-package': {
+            const own = missing.length === 0 || missing.includes('diffill') || missing.includes('lsp_server');
+            const what = own
+                ? 'the Python package "diffill" is not installed'
+                : `the Python package "diffill" is missing dependencies (${missing.join(', ')})`;
             return (
-                `Diffill: the Python package "diffill" is not installed for ${cmd.command}. Run ` +
-                `"${cmd.command} -m pip install diffill", or set "diffill.pythonPath" to the interpreter of ` +
-                `the environment where it is installed.`
+                `Diffill: ${what} for ${cmd.command}. Run "${cmd.command} -m pip install ${own ? '' : '--upgrade '}diffill", ` +
+                `or set "diffill.pythonPath" to the interpreter of the environment where it is installed.`
             );
+        }
         case 'crashed':
         default:
             return `Diffill: the language server (${shown}) stopped. See "Diffill: Show Server Log" for its output.`;

@@ -372,6 +372,29 @@ test('a missing Python interpreter gives a notification that says how to fix it'
     assert.match(await statusLabel(), /^Diffill error/);
 });
 
+test('a Python without the dependencies gets a notification naming them', { timeout: 120000 }, async () => {
+    // An empty virtual environment of the test's Python: `diffill` is found (PYTHONPATH), torch is not.
+    const venv = path.join(work, 'empty-venv');
+    const made = spawnSync(python, ['-m', 'venv', '--without-pip', venv], { encoding: 'utf8', timeout: 60000 });
+    assert.equal(made.status, 0, made.stderr);
+    const venvPython = path.join(venv, 'bin', 'python');
+    await stopCodeServer();
+    writeUserSettings(userSettings({ 'diffill.pythonPath': venvPython }));
+    await startCodeServer();
+    await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(dirs.workspace)}`);
+    await page.waitForSelector('.monaco-workbench', { timeout: 60000 });
+    const toast = await waitFor('the error notification', async () => {
+        const texts = await page.locator('.notifications-toasts .notification-list-item-message').allTextContents();
+        return texts.find((t) => t.includes('missing dependencies')) ?? false;
+    }, 60000).catch(async (error) => {
+        throw new Error(`${error.message}${await diagnostics()}`);
+    });
+    assert.match(toast, /torch/);
+    assert.ok(toast.includes(`${venvPython} -m pip install --upgrade diffill`), toast);
+    const buttons = await page.locator('.notifications-toasts .monaco-button').allTextContents();
+    assert.ok(buttons.includes('Copy Install Command'), `buttons: ${buttons.join(', ')}`);
+});
+
 // Make sure the repository's Python packages are what the server runs.
 test('the server under test is this checkout', () => {
     const probe = spawnSync(python, ['-c', 'import lsp_server, os; print(os.path.dirname(os.path.dirname(lsp_server.__file__)))'], {
