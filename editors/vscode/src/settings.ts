@@ -11,6 +11,9 @@
 /** The `diffill` section keys the server understands, in the order of `lsp_server/settings.py`. */
 export const SERVER_KEYS = [
     'modelPath',
+    'backendUrl',
+    'backendApiKey',
+    'backendModel',
     'device',
     'dtype',
     'enabled',
@@ -54,6 +57,9 @@ export interface ServerCommand {
 /** Settings whose values mean "let the server decide": sent as null. */
 const AUTO_VALUES: Partial<Record<ServerKey, readonly unknown[]>> = {
     modelPath: ['', null, undefined],
+    backendUrl: ['', null, undefined],
+    backendApiKey: ['', null, undefined],
+    backendModel: ['', null, undefined],
     device: ['', 'auto', null, undefined],
     dtype: ['', 'auto', null, undefined],
 };
