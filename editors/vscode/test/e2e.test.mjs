@@ -9,10 +9,12 @@
 //   CHROMIUM      Chromium executable (default /usr/bin/chromium)
 //   DIFFILL_VSIX  the packaged extension (default ../diffill.vsix, made by `npm run package`)
 //   DIFFILL_PYTHON, DIFFILL_TEST_MODEL, DIFFILL_REPO: see test/helpers.mjs
+//   DIFFILL_E2E_KEEP=1        keep the scratch folder (VS Code logs, settings) under .test-work/
+//   DIFFILL_E2E_SCREENSHOT    a .png path: screenshots at the end and on failures
 // A missing piece fails the test: it never skips.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -214,6 +216,9 @@ after(async () => {
     }
     await browser?.close().catch(() => undefined);
     await stopCodeServer();
+    if (!process.env.DIFFILL_E2E_KEEP) {
+        rmSync(work, { recursive: true, force: true });
+    }
 });
 
 /** The Diffill status bar item's accessible label, e.g. "Diffill ready 412 ms". */
