@@ -67,7 +67,22 @@ def nvim_version(nvim_bin: str) -> tuple[int, int]:
 
 
 def _init_lua(path: Path, model: Path, inline: str) -> Path:
-    """A user config: the plugin on 'runtimepath' and setup() with the test's server and model."""
+    """A user config: the plugin on 'runtimepath' and setup() with the test's server and model.
+    `inline = 'plain'`: no setup(), the README's plain vim.lsp.config + vim.lsp.enable instead."""
+    if inline == "plain":
+        settings = {"modelPath": str(model), "device": "cpu", "maxLines": 1, "maxTokens": 24}
+        cfg = {"cmd": [sys.executable, "-m", "diffill.cli", "serve"],
+               "init_options": {"diffill": settings}, "settings": {"diffill": settings}}
+        path.write_text(
+            f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
+            "vim.opt.swapfile = false\n"
+            "vim.cmd('filetype on')\n"
+            "vim.cmd('runtime plugin/diffill.lua')\n"
+            f"vim.lsp.config('diffill', vim.json.decode({json.dumps(json.dumps(cfg))}))\n"
+            "vim.lsp.enable('diffill')\n",
+            encoding="utf-8",
+        )
+        return path
     opts = {
         "cmd": [sys.executable, "-m", "diffill.cli", "serve"],
         "inline": inline,
@@ -199,6 +214,17 @@ def test_native_inline_completion(session: Any, nvim_version: tuple[int, int]) -
     assert nvim.exec_lua("return vim.lsp.inline_completion.is_enabled({ bufnr = 0 })") is True
     ghost = _wait("ghost text", lambda: _ghost(nvim), nvim=nvim)
     assert "\n" not in ghost  # maxLines = 1
+    _accept_and_save(nvim, tmp / "hello.py", ghost)
+
+
+@pytest.mark.parametrize("session", ["plain"], indirect=True)
+def test_plain_vim_lsp_config(session: Any, nvim_version: tuple[int, int]) -> None:
+    """The README's set-up without setup(): vim.lsp.config('diffill', ...) + vim.lsp.enable('diffill')."""
+    nvim, tmp = session
+    _open_and_type(nvim, tmp / "hello.py")
+    native = nvim_version >= (0, 12)
+    assert nvim.exec_lua("return vim.b.diffill_native") is native
+    ghost = _wait("ghost text", lambda: _ghost(nvim), nvim=nvim)
     _accept_and_save(nvim, tmp / "hello.py", ghost)
 
 
