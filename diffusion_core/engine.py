@@ -18,7 +18,8 @@ import torch
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .families import FamilySpec
-from .sampler import Cancelled, Canvas, SamplingOptions, sample_batch
+from .interface import Cancelled, Completion, InfillRequest, SamplingOptions
+from .sampler import Canvas, sample_batch
 from .tokenizer import Tokenizer
 
 __all__ = ["Cancelled", "Completion", "Engine", "InfillRequest", "SamplingOptions", "default_model_dir"]
@@ -30,24 +31,6 @@ log = logging.getLogger(__name__)
 def default_model_dir() -> Path:
     """The embedded default model that ships inside the package."""
     return Path(__file__).resolve().parent / "default_model"
-
-
-@dataclass
-class Completion:
-    text: str  # never contains special tokens
-    tokens: int  # tokens in the completion (before the end token)
-    steps: int  # forward passes spent on this request
-    latency_ms: float
-    stop_reason: str  # "eos": the model ended it; "length": max_tokens reached
-
-
-@dataclass
-class InfillRequest:
-    prefix: str
-    suffix: str
-    max_tokens: int = 64
-    options: SamplingOptions | None = None
-    language: str | None = None
 
 
 @dataclass

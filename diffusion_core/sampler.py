@@ -24,57 +24,7 @@ import torch
 
 from .families import FamilySpec
 from .fast_path import TokenStats, token_stats
-
-CONFIDENCE_KINDS = ("maxprob", "entropy", "margin")
-
-
-class Cancelled(Exception):
-    """Raised between denoising steps when the caller's cancel check returns True."""
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How to decode. ``quality`` is the one user-facing knob: 0 = fastest, 1 = best."""
-
-    quality: float = 0.5
-    block_size: int = 32
-    confidence: str = "maxprob"  # "maxprob" | "entropy" | "margin"
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int | None = None
-    length_ensemble: bool = False
-    candidate_lengths: tuple[int, ...] = (8, 16, 32, 64)
-    cache: str = "dual"  # "dual" (DualCache) | "none" (full forward every step)
-    refresh_every: int = 0  # with "dual": also refresh the whole cache every N steps of a block (0 = never)
-    steps_per_block: int | None = None  # fixed forwards per block (benchmarks); overrides tau
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.quality <= 1.0:
-            raise ValueError("quality must be in [0, 1]")
-        if self.block_size < 1:
-            raise ValueError("block_size must be >= 1")
-        if self.confidence not in CONFIDENCE_KINDS:
-            raise ValueError(f"confidence must be one of {CONFIDENCE_KINDS}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
-        if self.cache not in ("dual", "none"):
-            raise ValueError("cache must be 'dual' or 'none'")
-        if self.steps_per_block is not None and self.steps_per_block < 1:
-            raise ValueError("steps_per_block must be >= 1")
-        if self.refresh_every < 0:
-            raise ValueError("refresh_every must be >= 0")
-
-    @property
-    def tau(self) -> float:
-        """Confidence threshold: 0.7 at quality 0, 0.9 (Fast-dLLM's default) at 0.7, 0.99 at 1."""
-        return 0.7 + 0.29 * self.quality if self.quality <= 0.7 else 0.903 + 0.29 * (self.quality - 0.7)
-
-    def step_cap(self, block_len: int) -> int:
-        """Most forwards one block may take: block_len at quality 1, block_len/8 at quality 0."""
-        if self.steps_per_block is not None:
-            return min(self.steps_per_block, block_len)
-        lo = max(1, math.ceil(block_len / 8))
-        return max(1, round(lo + (block_len - lo) * self.quality))
+from .interface import CONFIDENCE_KINDS, Cancelled, SamplingOptions  # noqa: F401 - re-exported (torch-free)
 
 
 @dataclass

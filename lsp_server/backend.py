@@ -2,13 +2,13 @@
 
 The server talks to a :class:`Backend`: a model id, a token counter and a batched, cancellable
 ``infill_batch``. :class:`EngineBackend` adapts anything with the engine's API
-(``diffusion_core.engine.Engine``, or a remote client that mirrors it) and
-:func:`make_backend` builds the local one. A remote backend plugs in by adding a branch to
-:func:`make_backend`; nothing else in ``lsp_server`` needs to change.
+(``diffusion_core.engine.Engine``, or :class:`lsp_server.remote.RemoteBackend`, which mirrors it
+over HTTP) and :func:`make_backend` builds one of the two; nothing else in ``lsp_server`` knows
+which it talks to.
 
-Nothing here imports torch at module level: ``diffusion_core`` is imported inside
-:func:`make_backend`, which runs in the engine worker thread, so ``diffill serve`` answers
-``initialize`` before torch has even loaded.
+Nothing here imports torch at module level: the engine is imported inside :func:`make_backend`,
+which runs in the engine worker thread, so ``diffill serve`` answers ``initialize`` before torch
+has even loaded; in team mode (a backend URL) torch is never imported at all.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class ModelDefaults:
     model_path: str | None = None
     device: str | None = None
     dtype: str | None = None
+    backend_url: str | None = None  # team mode: --backend
+    api_key: str | None = None  # --api-key
 
 
 @runtime_checkable
@@ -69,7 +71,7 @@ class EngineBackend:
     """Adapts an object with the ``diffusion_core.engine.Engine`` API to :class:`Backend`."""
 
     def __init__(self, engine: Any) -> None:
-        from diffusion_core.engine import Cancelled, InfillRequest, SamplingOptions
+        from diffusion_core.interface import Cancelled, InfillRequest, SamplingOptions  # torch-free
 
         self.engine = engine
         self._cancelled_exc = Cancelled
@@ -89,7 +91,10 @@ class EngineBackend:
     def infill_batch(self, jobs: Sequence[InfillJob], cancel: CancelCheck | None = None) -> list[str]:
         requests = [
             self._request(
-                prefix=j.prefix, suffix=j.suffix, max_tokens=j.max_tokens, language=j.language,
+                prefix=j.prefix,
+                suffix=j.suffix,
+                max_tokens=j.max_tokens,
+                language=j.language,
                 options=self._options(quality=j.quality, length_ensemble=j.length_ensemble),
             )
             for j in jobs
@@ -107,8 +112,30 @@ class EngineBackend:
         self.engine = None
 
 
-def make_backend(model_path: str | None, device: str | None, dtype: str | None) -> Backend:
-    """Load the local engine (the embedded default model when ``model_path`` is None)."""
+def make_backend(
+    model_path: str | None,
+    device: str | None,
+    dtype: str | None,
+    backend_url: str | None = None,
+    api_key: str | None = None,
+    remote_model: str | None = None,
+) -> Backend:
+    """Connect to ``backend_url`` when one is given (team mode), else load the local engine (the
+    embedded default model when ``model_path`` is None).
+
+    The remote server is asked for its models right away, so an unreachable URL or a rejected
+    key fails here -- reported once, as a model that does not load -- and not on every request.
+    """
+    if backend_url:
+        from .remote import RemoteBackend
+
+        remote = RemoteBackend(backend_url, api_key=api_key or None, model=remote_model or None)
+        try:
+            remote.check()
+        except BaseException:
+            remote.close()
+            raise
+        return EngineBackend(remote)
     from diffusion_core.engine import Engine
 
     return EngineBackend(Engine.from_pretrained(model_path, device=device, dtype=dtype))

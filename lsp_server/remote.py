@@ -9,6 +9,9 @@ in for the engine without other changes.
 
 Cancellation is real: requests run on a private asyncio loop, and a cancel closes the HTTP
 connection, which makes a Diffill server drop the request from its batch.
+
+Nothing here imports torch (the engine's value types come from ``diffusion_core.interface``), so
+a language server in team mode starts fast and stays small.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from diffusion_core.engine import Cancelled, Completion, InfillRequest, SamplingOptions
+from diffusion_core.interface import Cancelled, Completion, InfillRequest, SamplingOptions
 
 __all__ = ["RemoteBackend", "RemoteError"]
 
@@ -91,6 +94,30 @@ class RemoteBackend:
             self._model = str(models[0]["id"])
         return self._model
 
+    def check(self) -> str:
+        """Ask ``/v1/models`` now and return the model id the requests will name.
+
+        Why: a bad URL or a rejected key should fail at load time, once, rather than as a silent
+        empty result on every keystroke. A server without ``/v1/models`` (404) is accepted when
+        ``model`` was given; a given ``model`` the server does not list is an error.
+        """
+        try:
+            data = self._call(self._get("/models"), None)
+        except RemoteError as exc:
+            if exc.status == 404 and self._model is not None:
+                return self._model
+            raise
+        listed = [str(m.get("id")) for m in data.get("data") or [] if isinstance(m, dict)]
+        if self._model is None:
+            if not listed:
+                raise RemoteError(f"{self.url}/models lists no model")
+            self._model = listed[0]
+        elif listed and self._model not in listed:
+            raise RemoteError(
+                f"{self.url} does not serve model {self._model!r} (it lists: {', '.join(listed)})"
+            )
+        return self._model
+
     def infill(
         self,
         prefix: str,
@@ -157,7 +184,8 @@ class RemoteBackend:
                 async def make() -> httpx.AsyncClient:
                     return httpx.AsyncClient(
                         headers=headers,
-                        timeout=self.timeout,
+                        # an unreachable host fails the load quickly; slow completions may still take long
+                        timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0)),
                         transport=httpx.AsyncHTTPTransport(retries=self.connect_retries),
                     )
 

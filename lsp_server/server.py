@@ -12,9 +12,10 @@ Requests the server answers (besides the LSP lifecycle and document sync):
 - ``diffill/documentState`` ``{"uri"}``: the server's copy of a document (for debugging sync).
 
 Notifications the server sends: ``$/progress`` while the model loads (when the client supports
-``window.workDoneProgress``), one ``window/showMessage`` when it fails to load or a setting is
-invalid, and ``diffill/status`` ``{"state", "modelId", "error"}`` whenever the model state
-changes (``state``: loading | ready | failed).
+``window.workDoneProgress``), one ``window/showMessage`` when it fails to load (in team mode: the
+server is unreachable or rejects the key) or a setting is invalid, and ``diffill/status``
+``{"state", "modelId", "error"}`` whenever the model state changes (``state``: loading | ready |
+failed).
 
 Handlers are coroutines, so ``$/cancelRequest`` cancels them; the engine call runs in the worker
 thread and polls the request's cancel flag between denoising steps.
@@ -101,12 +102,20 @@ class DiffillProtocol(LanguageServerProtocol):
         elif method is not None and method != types.EXIT:
             if not self.initialize_seen:
                 if is_request:
-                    self._send_response(message.id, error=types.ResponseError(
-                        code=types.ErrorCodes.ServerNotInitialized, message="Server not initialized"))
+                    self._send_response(
+                        message.id,
+                        error=types.ResponseError(
+                            code=types.ErrorCodes.ServerNotInitialized, message="Server not initialized"
+                        ),
+                    )
                 return
             if self._shutdown and is_request:
-                self._send_response(message.id, error=types.ResponseError(
-                    code=types.ErrorCodes.InvalidRequest, message="Server is shutting down"))
+                self._send_response(
+                    message.id,
+                    error=types.ResponseError(
+                        code=types.ErrorCodes.InvalidRequest, message="Server is shutting down"
+                    ),
+                )
                 return
         super().handle_message(message)
 
@@ -114,8 +123,10 @@ class DiffillProtocol(LanguageServerProtocol):
     def lsp_initialize(self, params: types.InitializeParams) -> Generator:
         result = yield from super().lsp_initialize(params)
         mode = self._server.settings.completion_provider
-        inline_client = params.capabilities.text_document is not None and \
-            params.capabilities.text_document.inline_completion is not None
+        inline_client = (
+            params.capabilities.text_document is not None
+            and params.capabilities.text_document.inline_completion is not None
+        )
         if mode == "off" or (mode == "auto" and inline_client):
             result.capabilities.completion_provider = None
         return result
@@ -140,8 +151,12 @@ class DiffillServer(LanguageServer):
     """The language server: owns the documents, the settings and the engine worker."""
 
     def __init__(self, defaults: ModelDefaults | None = None, factory: BackendFactory = make_backend) -> None:
-        super().__init__("diffill", __version__, protocol_cls=DiffillProtocol,
-                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__(
+            "diffill",
+            __version__,
+            protocol_cls=DiffillProtocol,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+        )
         self.defaults = defaults or ModelDefaults()
         self.settings = Settings()
         self.stats = Stats()
@@ -166,12 +181,29 @@ class DiffillServer(LanguageServer):
         log.warning("protocol error (%s): %s", getattr(source, "__name__", source), error)
         if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
             # a plain dict: the typed message would drop the null id that JSON-RPC requires here
-            self.protocol._send_data({"jsonrpc": "2.0", "id": None, "error": {
-                "code": int(types.ErrorCodes.ParseError), "message": f"Parse error: {error}"}})
+            self.protocol._send_data(
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": int(types.ErrorCodes.ParseError), "message": f"Parse error: {error}"},
+                }
+            )
 
-    def model_args(self) -> tuple[str | None, str | None, str | None]:
+    def model_args(self) -> tuple[str | None, ...]:
+        """What :func:`make_backend` gets: ``(model_path, device, dtype, backend_url, api_key,
+        remote_model)``; settings win over the ``diffill serve`` flags. In team mode the local
+        fields are None (and vice versa), so editing an unused field does not reconnect."""
         s, d = self.settings, self.defaults
-        return (s.model_path or d.model_path, s.device or d.device, s.dtype or d.dtype)
+        url = s.backend_url or d.backend_url
+        if url:
+            key = s.backend_api_key or d.api_key or os.environ.get("DIFFILL_API_KEY") or None
+            return (None, None, None, url.strip(), key, s.backend_model or None)
+        return (s.model_path or d.model_path, s.device or d.device, s.dtype or d.dtype, None, None, None)
+
+    @staticmethod
+    def _describe(args: tuple[str | None, ...]) -> str:
+        """The model or server named in progress and error messages (never the key)."""
+        return f"team server {args[3]}" if args[3] else f"model {args[0] or '(embedded default)'}"
 
     def apply_settings(self, payload: Any, origin: str) -> None:
         """Merge a client payload, report bad fields once, reload the model if it changed."""
@@ -179,15 +211,20 @@ class DiffillServer(LanguageServer):
         self.completer.configure(self.settings)
         if errors:
             log.warning("invalid settings from %s: %s", origin, "; ".join(errors))
-            self.window_show_message(types.ShowMessageParams(
-                type=types.MessageType.Warning,
-                message="Diffill: ignored invalid settings:\n" + "\n".join(errors)))
+            self.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Warning,
+                    message="Diffill: ignored invalid settings:\n" + "\n".join(errors),
+                )
+            )
         if self._loaded_key is not None and self.model_args() != self._loaded_key:
             self.spawn(self.load_model())
 
     def send_status(self) -> None:
-        self.protocol.notify(STATUS_NOTIFICATION, {
-            "state": self.worker.state, "modelId": self.worker.model_id, "error": self.worker.error})
+        self.protocol.notify(
+            STATUS_NOTIFICATION,
+            {"state": self.worker.state, "modelId": self.worker.model_id, "error": self.worker.error},
+        )
 
     async def pull_configuration(self) -> None:
         caps = self.client_capabilities.workspace
@@ -207,20 +244,34 @@ class DiffillServer(LanguageServer):
         args = self._loaded_key = self.model_args()
         self.worker.start()
         self.worker.state = "loading"
-        token = await self._progress_begin(f"Loading model {args[0] or '(embedded default)'}")
+        remote = bool(args[3])
+        token = await self._progress_begin(
+            ("Connecting to " if remote else "Loading ") + self._describe(args)
+        )
         self.send_status()
         try:
             model_id = await self.worker.load(*args)
         except LoadFailed as exc:
+            if self._loaded_key != args:  # superseded: the newer load reports for itself
+                self._progress_end(token, "Superseded by newer settings")
+                return
             self._progress_end(token, "Model failed to load")
-            self.window_show_message(types.ShowMessageParams(
-                type=types.MessageType.Error,
-                message=f"Diffill: could not load the model ({args[0] or 'embedded default'}): {exc}. "
-                        "Completions stay off until the model loads."))
+            if remote:
+                message = (
+                    f"Diffill: could not use the {self._describe(args)}: {exc}. Completions stay "
+                    "off until it answers; check diffill.backendUrl and diffill.backendApiKey."
+                )
+            else:
+                message = (
+                    f"Diffill: could not load the model ({args[0] or 'embedded default'}): {exc}. "
+                    "Completions stay off until the model loads."
+                )
+            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=message))
             self.send_status()  # last: clients (and tests) may take it as "the load is reported"
             return
-        if self._loaded_key != args:
-            return  # a newer load was requested meanwhile; it reports for itself
+        if self._loaded_key != args:  # a newer load was requested meanwhile; it reports for itself
+            self._progress_end(token, "Superseded by newer settings")
+            return
         self.completer.model_changed()
         self._progress_end(token, f"Model ready: {model_id}")
         self.send_status()
@@ -258,8 +309,13 @@ class DiffillServer(LanguageServer):
             async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 self.protocol.set_writer(writer)
                 try:
-                    await run_async(stop_event=self._stop_event, reader=reader, protocol=self.protocol,
-                                    logger=log, error_handler=self.report_server_error)
+                    await run_async(
+                        stop_event=self._stop_event,
+                        reader=reader,
+                        protocol=self.protocol,
+                        logger=log,
+                        error_handler=self.report_server_error,
+                    )
                 finally:
                     finished.set()
 
@@ -288,12 +344,16 @@ class DiffillServer(LanguageServer):
 
 
 def _item_command(sug: Suggestion, uri: str) -> types.Command:
-    return types.Command(title="Diffill: accepted", command=ACCEPT_COMMAND,
-                         arguments=[{"id": sug.id, "uri": uri, "line": sug.end.line}])
+    return types.Command(
+        title="Diffill: accepted",
+        command=ACCEPT_COMMAND,
+        arguments=[{"id": sug.id, "uri": uri, "line": sug.end.line}],
+    )
 
 
-def create_server(defaults: ModelDefaults | None = None,
-                  factory: BackendFactory = make_backend) -> DiffillServer:
+def create_server(
+    defaults: ModelDefaults | None = None, factory: BackendFactory = make_backend
+) -> DiffillServer:
     """Build the server with every handler registered."""
     ls = DiffillServer(defaults, factory)
 
@@ -356,12 +416,16 @@ def create_server(defaults: ModelDefaults | None = None,
         ls.ensure_loading()
         uri = params.text_document.uri
         sug = await ls.completer.complete(
-            uri, params.position, params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked,
-            params.context.selected_completion_info)
+            uri,
+            params.position,
+            params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked,
+            params.context.selected_completion_info,
+        )
         if sug is None:
             return types.InlineCompletionList(items=[])
-        item = types.InlineCompletionItem(insert_text=sug.text, range=types.Range(sug.start, sug.end),
-                                          command=_item_command(sug, uri))
+        item = types.InlineCompletionItem(
+            insert_text=sug.text, range=types.Range(sug.start, sug.end), command=_item_command(sug, uri)
+        )
         return types.InlineCompletionList(items=[item])
 
     @ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
@@ -379,8 +443,9 @@ def create_server(defaults: ModelDefaults | None = None,
             label=first if len(first) <= 60 else first[:57] + "...",
             kind=types.CompletionItemKind.Text,
             detail="Diffill",
-            documentation=types.MarkupContent(kind=types.MarkupKind.Markdown,
-                                              value=f"```{lang}\n{sug.text}\n```"),
+            documentation=types.MarkupContent(
+                kind=types.MarkupKind.Markdown, value=f"```{lang}\n{sug.text}\n```"
+            ),
             sort_text="0",
             preselect=True,
             insert_text_format=types.InsertTextFormat.PlainText,
@@ -394,8 +459,10 @@ def create_server(defaults: ModelDefaults | None = None,
     def accepted(*args: Any) -> None:
         info = args[0] if args and isinstance(args[0], dict) else {}
         line = info.get("line")
-        ls.completer.accepted(info.get("uri") if isinstance(info.get("uri"), str) else None,
-                              line if isinstance(line, int) else None)
+        ls.completer.accepted(
+            info.get("uri") if isinstance(info.get("uri"), str) else None,
+            line if isinstance(line, int) else None,
+        )
 
     @ls.feature(STATS_REQUEST)
     def stats(params: Any) -> dict[str, Any]:
@@ -407,18 +474,23 @@ def create_server(defaults: ModelDefaults | None = None,
             "cacheEntries": len(ls.completer.cache),
             "openDocuments": len(ls.store),
             "positionEncoding": ls.store.encoding,
-            "settings": ls.settings.to_json(),
+            "settings": ls.settings.to_json(),  # the API key masked
         }
 
     @ls.feature(DOCUMENT_STATE_REQUEST)
     def document_state(params: Any) -> dict[str, Any] | None:
         uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
         if not isinstance(uri, str):
-            raise JsonRpcInvalidParams("expected {\"uri\": string}")
+            raise JsonRpcInvalidParams('expected {"uri": string}')
         doc = ls.store.get(uri)
         if doc is None:
             return None
-        return {"uri": doc.uri, "version": doc.version, "languageId": doc.language_id,
-                "lineCount": doc.line_count, "text": doc.text}
+        return {
+            "uri": doc.uri,
+            "version": doc.version,
+            "languageId": doc.language_id,
+            "lineCount": doc.line_count,
+            "text": doc.text,
+        }
 
     return ls

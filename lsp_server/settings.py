@@ -2,7 +2,8 @@
 
 Where settings come from (later wins, field by field):
 
-1. ``diffill serve`` flags (``--model``, ``--device``, ``--dtype``) give the defaults;
+1. ``diffill serve`` flags (``--model``, ``--device``, ``--dtype``, ``--backend``, ``--api-key``)
+   give the defaults (the API key also comes from the ``DIFFILL_API_KEY`` environment variable);
 2. ``initializationOptions`` of the ``initialize`` request;
 3. the ``diffill`` section pulled with ``workspace/configuration`` after ``initialized`` (when the
    client advertises ``workspace.configuration``);
@@ -18,6 +19,16 @@ Keys (JSON name: type = default — meaning):
 
 - ``modelPath``: str | null = null — model directory; null means the ``--model`` flag, else the
   embedded default model. Changing it (or ``device``/``dtype``) reloads the model in the background.
+- ``backendUrl``: str | null = null — team mode: the http(s) URL of an OpenAI-compatible server
+  whose ``/v1/completions`` accepts ``suffix`` (``diffill serve-http``, a load balancer in front of
+  several, or another inference server), e.g. ``"http://gpu-box:8000"`` (``/v1`` is optional).
+  When set, no local model is loaded and ``modelPath``/``device``/``dtype`` are unused; null or
+  ``""`` means the ``--backend`` flag, else the local model. Changing any ``backend*`` field
+  reconnects; an unreachable server or a rejected key is reported like a model that fails to load.
+- ``backendApiKey``: str | null = null — sent as ``Authorization: Bearer KEY``; null or ``""``
+  means the ``--api-key`` flag, else ``$DIFFILL_API_KEY``. ``diffill/stats`` shows it as ``"***"``.
+- ``backendModel``: str | null = null — the model id to ask the server for; null means the first
+  one its ``/v1/models`` lists.
 - ``device``: str | null = null — ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; null picks automatically.
 - ``dtype``: ``"float32" | "bfloat16" | "float16"`` | null = null — null: bf16 on CUDA, fp32 on CPU.
 - ``enabled``: bool = true — master switch; false answers every request with no items.
@@ -47,10 +58,11 @@ Keys (JSON name: type = default — meaning):
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
-__all__ = ["SECTION", "Settings", "is_for_us", "merge_settings", "unwrap_section"]
+__all__ = ["SECTION", "Settings", "check_backend_url", "is_for_us", "merge_settings", "unwrap_section"]
 
 SECTION = "diffill"
 
@@ -77,6 +89,13 @@ class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
     cache_ttl_s: Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)] = 600.0
     prefetch: bool = True
     completion_provider: Literal["auto", "on", "off"] = "auto"
+    backend_url: str | None = None
+    backend_api_key: str | None = None
+    backend_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend_url:  # msgspec reports the ValueError as this field's validation error
+            check_backend_url(self.backend_url)
 
     def language_enabled(self, language_id: str | None) -> bool:
         """Whether completions are offered for ``language_id`` (exclusions beat inclusions)."""
@@ -86,18 +105,47 @@ class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
             return False
         return "*" in items or lang in items
 
-    def model_key(self) -> tuple[str | None, str | None, str | None]:
-        """What identifies the loaded model: a change of it means a reload."""
-        return (self.model_path, self.device, self.dtype)
+    def model_key(self) -> tuple[str | None, ...]:
+        """What identifies the loaded model (local or remote): a change of it means a reload."""
+        return (
+            self.model_path,
+            self.device,
+            self.dtype,
+            self.backend_url,
+            self.backend_api_key,
+            self.backend_model,
+        )
 
     def sampling_key(self) -> tuple:
         """The settings that change the model's output, for cache keys."""
-        return (self.max_tokens, self.prefix_tokens, self.suffix_tokens, self.extra_context_tokens,
-                round(self.quality, 4), self.length_ensemble)
+        return (
+            self.max_tokens,
+            self.prefix_tokens,
+            self.suffix_tokens,
+            self.extra_context_tokens,
+            round(self.quality, 4),
+            self.length_ensemble,
+        )
 
-    def to_json(self) -> dict[str, Any]:
-        """The settings as the client would write them (camelCase keys)."""
-        return msgspec.to_builtins(self)
+    def to_json(self, redact: bool = True) -> dict[str, Any]:
+        """The settings as the client would write them (camelCase keys); the API key is masked
+        unless ``redact`` is False, because these go to status bars and logs."""
+        data = msgspec.to_builtins(self)
+        if redact and data.get("backendApiKey"):
+            data["backendApiKey"] = "***"
+        return data
+
+
+def check_backend_url(url: str) -> str:
+    """Reject what cannot be an OpenAI-compatible base URL, with a message that says what is wrong."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f'expected an http:// or https:// URL such as "http://gpu-box:8000", got {url!r}')
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    return url.strip()
 
 
 _FIELDS = {f.encode_name: f for f in msgspec.structs.fields(Settings)}

@@ -24,7 +24,8 @@ __all__ = ["EngineWorker", "LoadFailed", "NotReady", "Ticket", "WorkCancelled"]
 
 log = logging.getLogger(__name__)
 
-BackendFactory = Callable[[str | None, str | None, str | None], Backend]
+# (model_path, device, dtype, backend_url, api_key, remote_model): what make_backend takes
+BackendFactory = Callable[..., Backend]
 Prepare = Callable[[Backend], InfillJob]
 
 
@@ -102,10 +103,13 @@ class EngineWorker:
         """Whether real (non-prefetch) work waits; prefetches are started only when idle."""
         return self._real_waiting > 0
 
-    async def load(self, model_path: str | None, device: str | None, dtype: str | None) -> str:
-        """Load (or reload) the model; returns its id or raises :class:`LoadFailed`."""
+    async def load(
+        self, model_path: str | None, device: str | None, dtype: str | None, *remote: str | None
+    ) -> str:
+        """Load (or reload) the model, or connect to a remote one (``remote``: backend URL, API key,
+        model id, as :func:`make_backend` takes them); returns its id or raises :class:`LoadFailed`."""
         self.state = "loading"
-        item = _Item("load", Ticket(), *self._future(), load_args=(model_path, device, dtype))
+        item = _Item("load", Ticket(), *self._future(), load_args=(model_path, device, dtype, *remote))
         return await self._submit(item)
 
     async def infill(self, prepare: Prepare, ticket: Ticket, prefetch: bool = False) -> str:

@@ -14,10 +14,24 @@ HELP = "run the Diffill language server (LSP over stdio by default)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stdio", action="store_true", help="speak LSP over stdin/stdout (the default)")
-    p.add_argument("--tcp", metavar="[HOST:]PORT",
-                   help="listen for one client on TCP instead; HOST defaults to 127.0.0.1, PORT 0 picks one "
-                        "(the address is printed to stderr)")
+    p.add_argument(
+        "--tcp",
+        metavar="[HOST:]PORT",
+        help="listen for one client on TCP instead; HOST defaults to 127.0.0.1, PORT 0 picks one "
+        "(the address is printed to stderr)",
+    )
     add_model_arguments(p)
+    p.add_argument(
+        "--backend",
+        metavar="URL",
+        help="team mode: complete on this OpenAI-compatible server (e.g. http://gpu-box:8000, a "
+        "`diffill serve-http`) instead of loading a model; the diffill.backendUrl setting wins",
+    )
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="bearer key for --backend (default: $DIFFILL_API_KEY); diffill.backendApiKey wins",
+    )
     p.add_argument("--log-file", metavar="PATH", help="write the log here instead of stderr")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     # vscode-languageclient passes this to servers it starts; the LSP initialize request carries it too
@@ -36,8 +50,9 @@ def parse_tcp(value: str) -> tuple[str, int]:
 
 
 def _setup_logging(path: str | None, level: str) -> None:
-    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path
-                                else logging.StreamHandler(sys.stderr))
+    handler: logging.Handler = (
+        logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -52,12 +67,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"diffill serve: {exc}", file=sys.stderr)
         return 2
+    if args.backend:
+        from lsp_server.settings import check_backend_url
+
+        try:
+            check_backend_url(args.backend)
+        except ValueError as exc:
+            print(f"diffill serve: --backend: {exc}", file=sys.stderr)
+            return 2
     _setup_logging(args.log_file, args.log_level)
 
     from lsp_server.backend import ModelDefaults
     from lsp_server.server import create_server
 
-    server = create_server(ModelDefaults(args.model, args.device, args.dtype))
+    server = create_server(ModelDefaults(args.model, args.device, args.dtype, args.backend, args.api_key))
     if tcp is not None:
         server.serve_tcp(*tcp)
     else:

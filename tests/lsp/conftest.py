@@ -43,9 +43,12 @@ def plain(value: Any) -> Any:
 class LspSession:
     """One server subprocess plus a pygls client, usable from synchronous test code."""
 
-    def __init__(self, args: list[str], config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, args: list[str], config: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.args = args
         self.config = config or {}
+        self.env = env or {}  # extra environment variables for the server process
         self.notifications: list[tuple[str, Any]] = []
         self.stderr = b""
         self.init_result: types.InitializeResult | None = None
@@ -73,9 +76,10 @@ class LspSession:
         for method in (types.PROGRESS, types.WINDOW_SHOW_MESSAGE, types.WINDOW_LOG_MESSAGE, "diffill/status"):
             client.feature(method)(self._recorder(method))
 
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        await client.start_io(sys.executable, "-m", "diffill.cli", "serve", *self.args,
-                              cwd=str(REPO), env=env)
+        env = dict(os.environ, PYTHONPATH=str(REPO), **self.env)
+        await client.start_io(
+            sys.executable, "-m", "diffill.cli", "serve", *self.args, cwd=str(REPO), env=env
+        )
         return client
 
     def _recorder(self, method: str) -> Callable[[Any], None]:
@@ -134,8 +138,9 @@ class LspSession:
             window=types.WindowClientCapabilities(work_done_progress=progress),
             workspace=types.WorkspaceClientCapabilities(configuration=configuration),
         )
-        params = types.InitializeParams(capabilities=caps, process_id=os.getpid(),
-                                        initialization_options=init_options)
+        params = types.InitializeParams(
+            capabilities=caps, process_id=os.getpid(), initialization_options=init_options
+        )
         result = self.run(self.client.initialize_async(params))
         self.client.initialized(types.InitializedParams())
         return result
@@ -153,8 +158,9 @@ class LspSession:
                 raise AssertionError(f"server state {st['state']!r}, wanted {states}: {st}")
             time.sleep(0.05)
 
-    def wait_notification(self, method: str, pred: Callable[[Any], bool] = lambda p: True,
-                          timeout: float = TIMEOUT) -> Any:
+    def wait_notification(
+        self, method: str, pred: Callable[[Any], bool] = lambda p: True, timeout: float = TIMEOUT
+    ) -> Any:
         """The first notification of ``method`` whose params satisfy ``pred`` (waits for it)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -166,8 +172,13 @@ class LspSession:
             time.sleep(0.02)
 
     def open(self, uri: str, text: str, language: str = "python", version: int = 1) -> None:
-        self.client.text_document_did_open(types.DidOpenTextDocumentParams(
-            text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
+        self.client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                text_document=types.TextDocumentItem(
+                    uri=uri, language_id=language, version=version, text=text
+                )
+            )
+        )
 
     def change(self, uri: str, version: int, start: tuple[int, int], end: tuple[int, int], text: str) -> None:
         self.client.text_document_did_change(
@@ -181,8 +192,9 @@ class LspSession:
             )
         )
 
-    def inline(self, uri: str, line: int, character: int, invoked: bool = True,
-               timeout: float = TIMEOUT) -> types.InlineCompletionList:
+    def inline(
+        self, uri: str, line: int, character: int, invoked: bool = True, timeout: float = TIMEOUT
+    ) -> types.InlineCompletionList:
         kinds = types.InlineCompletionTriggerKind
         kind = kinds.Invoked if invoked else kinds.Automatic
         params = types.InlineCompletionParams(

@@ -67,8 +67,12 @@ text_st = st.text("ab \t\n(){}:é😀", max_size=60)
 
 
 @settings(max_examples=150, deadline=None)
-@given(before=text_st, after=text_st, inserted=st.text("xy \n\t)😀", min_size=1, max_size=20),
-       budget=st.integers(16, 40))
+@given(
+    before=text_st,
+    after=text_st,
+    inserted=st.text("xy \n\t)😀", min_size=1, max_size=20),
+    budget=st.integers(16, 40),
+)
 def test_prefetch_context_equals_the_document_after_accepting(before, after, inserted, budget):
     """The prefetch key must match the key of the request that follows the accept exactly."""
     s = Settings(prefix_tokens=budget, suffix_tokens=budget)
@@ -86,6 +90,8 @@ def test_prefetch_context_equals_the_document_after_accepting(before, after, ins
 
 
 def test_language_server_package_imports_no_torch():
-    code = ("import sys, lsp_server.server, lsp_server.completer, diffill.commands.serve; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys, lsp_server.server, lsp_server.completer, lsp_server.remote, diffill.commands.serve; "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
