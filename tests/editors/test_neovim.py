@@ -196,6 +196,11 @@ def _accept_and_save(nvim: Any, path: Path, ghost: str) -> None:
     nvim.input("<Tab>")
     _wait("the accepted text in the buffer", lambda: nvim.current.line != TYPED, timeout=10, nvim=nvim)
     assert nvim.current.line == TYPED + ghost, "the line is the typed text plus exactly the ghost text"
+    # Accepting ran the item's `diffill.accepted` command: the server counted it.
+    stats = ("local c = require('diffill').clients(0)[1]; "
+             "local r = c:request_sync('diffill/stats', vim.NIL, 10000); return r and r.result")
+    _wait("the server to count the accept", lambda: (nvim.exec_lua(stats) or {}).get("accepted", 0) >= 1,
+          timeout=15, nvim=nvim)
     nvim.input("<Esc>")
     _wait("Normal mode", lambda: nvim.api.get_mode()["mode"] == "n", timeout=10)
     nvim.command("write")

@@ -15,6 +15,7 @@ import {
     DidChangeConfigurationNotification,
     DidChangeTextDocumentNotification,
     DidOpenTextDocumentNotification,
+    ExecuteCommandRequest,
     ExitNotification,
     InitializedNotification,
     InitializeRequest,
@@ -172,6 +173,14 @@ test('an inline completion is a non-empty insertion at the cursor', async () => 
     assert.equal(typeof item.insertText, 'string');
     assert.notEqual(item.insertText.trim(), '');
     assert.deepEqual(item.range, { start: { line, character }, end: { line, character } });
+
+    // VS Code runs the item's command on accept; the client routes it to the server, which
+    // advertises it, and the server counts the accept (for the local statistics).
+    assert.equal(item.command?.command, 'diffill.accepted');
+    assert.ok(initResult.capabilities.executeCommandProvider.commands.includes('diffill.accepted'));
+    const before = (await conn.sendRequest('diffill/stats', null)).accepted;
+    await conn.sendRequest(ExecuteCommandRequest.type, { command: item.command.command, arguments: item.command.arguments });
+    assert.equal((await conn.sendRequest('diffill/stats', null)).accepted, before + 1);
 });
 
 test('didChangeConfiguration applies live: enabled=false stops suggestions, true brings them back', async () => {
