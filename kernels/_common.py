@@ -25,6 +25,16 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # How often each kernel took the Triton path; tests read it to prove the kernel really ran.
 launches: Counter[str] = Counter()
 
+# Interpreted kernels run on CPU tensors only when asked: TRITON_INTERPRET=1 is process-wide, and
+# code that merely shares the process with the kernel tests must keep the fast torch path.
+_cpu_interpreter = False
+
+
+def allow_cpu_interpreter(on: bool) -> None:
+    """Let interpreter-built kernels launch on CPU tensors (the kernel tests turn this on)."""
+    global _cpu_interpreter
+    _cpu_interpreter = on
+
 
 def interpreted(kernel: object) -> bool:
     """True when ``kernel`` was built by Triton's CPU interpreter."""
@@ -38,7 +48,7 @@ def can_launch(kernel: object, *tensors: torch.Tensor) -> bool:
         return False
     if all(t.is_cuda for t in tensors):
         return len({t.device for t in tensors}) == 1
-    return interpreted(kernel) and all(t.device.type == "cpu" for t in tensors)
+    return _cpu_interpreter and interpreted(kernel) and all(t.device.type == "cpu" for t in tensors)
 
 
 def next_pow2(n: int) -> int:

@@ -16,7 +16,18 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+from kernels._common import allow_cpu_interpreter  # noqa: E402
+
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _interpret_on_cpu():  # noqa: ANN202
+    """Kernel tests run the interpreter-built kernels on CPU tensors; nothing else does."""
+    allow_cpu_interpreter(True)
+    yield
+    allow_cpu_interpreter(False)
+
 
 # Tolerances, stated once. fp32: the kernels reorder sums, nothing else. bf16: 1-2 units in the last
 # place from rounding once in fp32 where torch rounds at every op (the interpreter also truncates
