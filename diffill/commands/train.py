@@ -8,6 +8,14 @@ import dataclasses
 HELP = "train a masked-diffusion FIM model on a corpus built by `diffill corpus` (resumes from --out)"
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from diffusion_core.training.train import TrainConfig
 
@@ -15,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if f.name == "extra":
             continue
         flag = "--" + f.name.replace("_", "-")
-        p.add_argument(flag, type=type(f.default), default=f.default, help=f"(default: {f.default})")
+        kind = _bool if isinstance(f.default, bool) else type(f.default)
+        p.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
     p.add_argument("--export", default=None, help="also write the final model in the project's format here")
     p.add_argument(
         "--log", default=None, help="append JSON lines of metrics to this file (default: OUT/log.jsonl)"

@@ -19,10 +19,11 @@ masks as an uninterrupted one, so its loss trajectory is the same.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,9 @@ class TrainConfig:
     fim_rate: float = 0.7
     full_mask_rate: float = 0.25  # FIM examples whose whole middle is masked (the first denoising step)
     eps: float = 1e-3
+    objective: str = "mdm"  # "mdm" (masked diffusion + FIM) | "ar" (causal next-token warm-up)
+    shifted: bool = False  # Dream-style: token j is read from output j-1 (keeps an AR warm-up's head)
+    init_from: str = ""  # state.pt or exported model dir whose weights start this run
     train_mb: float = 100.0  # text loaded for training (the corpus may be larger)
     # optimisation
     steps: int = 4000
@@ -125,6 +129,8 @@ class ExampleMaker:
 
     def make(self, rng: np.random.Generator, kind: str | None = None) -> Example:
         """One example; ``kind`` forces "fim" or "mdm" (validation measures them apart)."""
+        if self.cfg.objective == "ar":
+            return self.ar(rng)
         if kind == "fim" or (kind is None and rng.random() < self.cfg.fim_rate):
             for _ in range(8):
                 ex = self.fim(rng)
@@ -149,6 +155,15 @@ class ExampleMaker:
         w = 1.0 / (t * len(toks))
         weights = [0.0] + [w if mi else 0.0 for mi in m]
         return Example(ids, [self.begin] + toks, weights, "mdm")
+
+    def ar(self, rng: np.random.Generator) -> Example:
+        """A plain window for next-token training (with ``shifted`` loss and causal attention)."""
+        text, pos = self._pick(rng)
+        if rng.random() < 0.5:
+            pos = text.rfind("\n", 0, pos) + 1
+        toks = self._encode(text[pos : pos + self.seq_len * 6])[: self.seq_len - 1]
+        ids = [self.begin] + toks
+        return Example(ids, ids, [0.0] + [1.0 / max(1, len(toks))] * len(toks), "ar")
 
     def _middle_span(self, text: str, pos: int, rng: np.random.Generator) -> tuple[int, int]:
         line_start = text.rfind("\n", 0, pos) + 1
@@ -292,14 +307,42 @@ def init_weights(model: Transformer) -> None:
             torch.nn.init.zeros_(p)
 
 
-def loss_fn(model: Transformer, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over supervised positions of w * CE, averaged over examples (w already holds 1/(t n))."""
+@contextlib.contextmanager
+def causal_attention() -> Iterator[None]:
+    """Make the engine's (bidirectional) attention causal for an AR warm-up phase. Training-only:
+    the model module's attention function is swapped and restored; inference never sees this."""
+    from .. import model as model_mod
+
+    bidirectional = model_mod.attention
+
+    def causal(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # right padding: causal is enough
+
+    model_mod.attention = causal
+    try:
+        yield
+    finally:
+        model_mod.attention = bidirectional
+
+
+def loss_fn(model: Transformer, batch: dict[str, torch.Tensor], shifted: bool = False) -> torch.Tensor:
+    """Sum over supervised positions of w * CE, averaged over examples (w already holds 1/(t n)).
+    ``shifted``: the target at position j is predicted from the output at j - 1."""
     key = batch["key_mask"]
     hidden = model(batch["ids"], key_mask=None if bool(key.all()) else key)
-    sel = batch["weights"] > 0
+    weights, targets = batch["weights"], batch["targets"]
+    if shifted:
+        hidden, weights, targets = hidden[:, :-1], weights[:, 1:], targets[:, 1:]
+    sel = weights > 0
     logits = model.logits(hidden[sel])
-    ce = F.cross_entropy(logits, batch["targets"][sel], reduction="none")
-    return (ce * batch["weights"][sel]).sum() / batch["ids"].shape[0]
+    ce = F.cross_entropy(logits, targets[sel], reduction="none")
+    return (ce * weights[sel]).sum() / batch["ids"].shape[0]
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -322,13 +365,23 @@ def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def family_for(tok: Backend):  # noqa: ANN201 - FamilySpec, imported lazily
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Model weights from a trainer ``state.pt`` or an exported model directory."""
+    p = Path(path)
+    if p.is_dir():
+        from ..checkpoint import load_model
+
+        return load_model(p).state_dict()
+    return torch.load(p, map_location="cpu", weights_only=False)["model"]
+
+
+def family_for(tok: Backend, shifted: bool = False):  # noqa: ANN201 - FamilySpec, imported lazily
     from ..families import make_spec
     from ..tokenizer import Tokenizer
 
     return make_spec(
         "diffill",
-        shifted=False,
+        shifted=shifted,
         mask_id=tok.token_to_id(MASK),
         eos_ids=(tok.token_to_id(EOS),),
         pad_id=tok.token_to_id(EOS),
@@ -363,6 +416,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = Transformer(cfg.model_config(self.tok.get_vocab_size())).to(self.device)
         init_weights(self.model)
+        if cfg.init_from:
+            self.model.load_state_dict(load_weights(cfg.init_from))
         self.opt = make_optimizer(self.model, cfg)
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes (for max_minutes)
@@ -419,11 +474,16 @@ class Trainer:
         info.update(extra or {})
         model = self.model.to("cpu").float()
         try:
-            return save_pretrained(model, self.tok, family_for(self.tok), out_dir, extra=info)
+            return save_pretrained(
+                model, self.tok, family_for(self.tok, self.cfg.shifted), out_dir, extra=info
+            )
         finally:
             self.model.to(self.device)
 
     # ---- steps
+    def _attention(self) -> contextlib.AbstractContextManager:
+        return causal_attention() if self.cfg.objective == "ar" else contextlib.nullcontext()
+
     def time_frac(self) -> float:
         return self.elapsed / (self.cfg.max_minutes * 60) if self.cfg.max_minutes else 0.0
 
@@ -433,7 +493,8 @@ class Trainer:
             g["lr"] = lr_at(self.step, self.cfg, self.time_frac())
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = loss_fn(self.model, batch)
+            with self._attention():
+                loss = loss_fn(self.model, batch, self.cfg.shifted)
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -447,7 +508,8 @@ class Trainer:
             assert self.val_maker is not None
             self._val_batches = []
             n, bs = self.cfg.eval_examples, self.cfg.batch_size
-            for j, kind in enumerate(("fim", "mdm")):
+            kinds = ("ar",) if self.cfg.objective == "ar" else ("fim", "mdm")
+            for j, kind in enumerate(kinds):
                 rng = np.random.default_rng([self.cfg.seed, 10**9, j])
                 for i in range(0, n, bs):
                     exs = [self.val_maker.make(rng, kind) for _ in range(min(bs, n - i))]
@@ -464,7 +526,8 @@ class Trainer:
         for kind, b in self._validation_batches():
             t = {k: v.to(self.device) for k, v in b.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                sums.setdefault(f"val_{kind}", []).append(float(loss_fn(self.model, t)))
+                with self._attention():
+                    sums.setdefault(f"val_{kind}", []).append(float(loss_fn(self.model, t, self.cfg.shifted)))
         return {k: round(sum(v) / len(v), 4) for k, v in sums.items()}
 
     def run(self, log_file: str | Path | None = None, progress: bool = True) -> list[dict]:

@@ -17,6 +17,7 @@ from diffusion_core.training.train import (
     TrainConfig,
     Trainer,
     batch_for_step,
+    causal_attention,
     loss_fn,
     shard_weights,
 )
@@ -143,3 +144,28 @@ def test_shard_weights_round_trip(tok_path: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(out, dtype="float32")
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(ckpt.model.state_dict()[k], v.to(torch.bfloat16).float())
+
+
+def test_causal_warmup_then_shifted_diffusion(tok_path: Path, tmp_path: Path) -> None:
+    ar = Trainer(
+        tiny_cfg(tok_path, tmp_path / "ar", objective="ar", shifted=True), texts=TEXTS, val_texts=TEXTS[:4]
+    )
+    x = torch.tensor([[2, 40, 41, 42, 43, 44]])
+    y = x.clone()
+    y[0, 4] = 50
+    with torch.no_grad(), causal_attention():
+        a, b = ar.model(x), ar.model(y)
+    assert torch.equal(a[0, :4], b[0, :4])  # causal: earlier positions never see later tokens
+    with torch.no_grad():
+        assert not torch.allclose(ar.model(x)[0, :4], ar.model(y)[0, :4])  # restored: bidirectional again
+    ar.run(progress=False)
+    assert "val_ar" in ar.history[-1]
+    mdm = Trainer(
+        tiny_cfg(tok_path, tmp_path / "mdm", shifted=True, init_from=str(ar.state_path)),
+        texts=TEXTS,
+        val_texts=TEXTS[:4],
+    )
+    for k, v in ar.model.state_dict().items():
+        assert torch.equal(mdm.model.state_dict()[k], v)
+    mdm.run(progress=False)
+    assert load_checkpoint(tmp_path / "mdm" / "model").family.shifted
