@@ -99,7 +99,7 @@ class Engine:
         directory: safetensors and JSON only.
         """
         ckpt: LoadedCheckpoint = load_checkpoint(path or default_model_dir(), device=device, dtype=dtype)
-        return cls(
+        engine = cls(
             model=ckpt.model,
             tokenizer=ckpt.tokenizer,
             family=ckpt.family,
@@ -107,6 +107,18 @@ class Engine:
             device=ckpt.device,
             dtype=ckpt.dtype,
         )
+        engine.fit_budgets_to_context(ckpt.model.cfg.max_position)
+        return engine
+
+    def fit_budgets_to_context(self, max_position: int, middle_reserve: int = 128) -> None:
+        """Keep prefix + middle + suffix inside the positions the model was trained on: a small
+        model trained on 512-token windows degrades badly on 2k-token canvases (3:1 prefix:suffix)."""
+        fixed = len(self.family.begin_ids) + len(self.family.end_ids) + middle_reserve
+        room = max_position - fixed
+        if room <= 0 or room >= self.max_prefix_tokens + self.max_suffix_tokens:
+            return
+        self.max_prefix_tokens = max(1, room * 3 // 4)
+        self.max_suffix_tokens = max(1, room - self.max_prefix_tokens)
 
     # ----------------------------------------------------------------------------- context
     def count_tokens(self, text: str) -> int:

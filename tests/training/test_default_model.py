@@ -1,0 +1,36 @@
+"""The embedded default model ships inside the installed package, loads with no path, and completes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffusion_core.engine import Engine, default_model_dir
+
+MODEL_DIR = default_model_dir()
+pytestmark = pytest.mark.skipif(not (MODEL_DIR / "config.json").exists(), reason="default model not shipped")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.from_pretrained()  # no path: the embedded default
+
+
+def test_files_fit_the_package() -> None:
+    files = {p.name: p.stat().st_size for p in MODEL_DIR.iterdir() if p.is_file()}
+    assert {"config.json", "tokenizer.json", "MODEL_CARD.md"} <= set(files)
+    assert any(n.endswith(".safetensors") for n in files)
+    assert all(size < 15_000_000 for size in files.values())
+    assert sum(files.values()) < 64_000_000
+    cfg = json.loads((MODEL_DIR / "config.json").read_text())
+    assert cfg["model_type"] == "diffill"
+
+
+def test_loads_from_the_installed_package(engine: Engine) -> None:
+    import diffusion_core
+
+    assert MODEL_DIR.parent == __import__("pathlib").Path(diffusion_core.__file__).resolve().parent
+    assert engine.model_id == "diffill-default"
+    assert engine.family.mask_id == engine.tokenizer.token_to_id("<|mask|>")
+    assert engine.family.eos_ids == (engine.tokenizer.token_to_id("<|endoftext|>"),)
