@@ -41,8 +41,13 @@ def summary(xs: list[float]) -> dict[str, float]:
         return {"n": 0}
     s = sorted(xs)
     pick = lambda q: s[min(len(s) - 1, int(q * len(s)))]
-    return {"n": len(s), "p50_ms": round(pick(0.5), 3), "p90_ms": round(pick(0.9), 3),
-            "p99_ms": round(pick(0.99), 3), "mean_ms": round(statistics.fmean(s), 3)}
+    return {
+        "n": len(s),
+        "p50_ms": round(pick(0.5), 3),
+        "p90_ms": round(pick(0.9), 3),
+        "p99_ms": round(pick(0.99), 3),
+        "mean_ms": round(statistics.fmean(s), 3),
+    }
 
 
 def plain(value: Any) -> Any:
@@ -64,21 +69,30 @@ class Bench:
         kind = kinds.Invoked if invoked else kinds.Automatic
         params = types.InlineCompletionParams(
             context=types.InlineCompletionContext(trigger_kind=kind),
-            text_document=types.TextDocumentIdentifier(uri), position=types.Position(line, col))
+            text_document=types.TextDocumentIdentifier(uri),
+            position=types.Position(line, col),
+        )
         t0 = time.perf_counter()
         res = await self.client.text_document_inline_completion_async(params)
         return (time.perf_counter() - t0) * 1000.0, list(res.items) if res else []
 
     def insert(self, uri: str, line: int, col: int, text: str) -> None:
         self.version += 1
-        self.client.text_document_did_change(types.DidChangeTextDocumentParams(
-            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=self.version),
-            content_changes=[types.TextDocumentContentChangePartial(
-                range=types.Range(types.Position(line, col), types.Position(line, col)), text=text)]))
+        self.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=self.version),
+                content_changes=[
+                    types.TextDocumentContentChangePartial(
+                        range=types.Range(types.Position(line, col), types.Position(line, col)), text=text
+                    )
+                ],
+            )
+        )
 
     async def configure(self, **values: Any) -> None:
-        self.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
-            settings={"diffill": values}))
+        self.client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"diffill": values})
+        )
         await self.stats()  # a round trip: the notification has been applied
 
 
@@ -94,12 +108,26 @@ async def run(model: Path, misses: int, hits_per: int) -> dict[str, Any]:
     client = LanguageClient("diffill-bench", "0")
     client.feature("diffill/status")(lambda params: None)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    await client.start_io(sys.executable, "-m", "diffill.cli", "serve", "--model", str(model),
-                          "--log-level", "warning", cwd=str(REPO), env=env)
+    await client.start_io(
+        sys.executable,
+        "-m",
+        "diffill.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--log-level",
+        "warning",
+        cwd=str(REPO),
+        env=env,
+    )
     b = Bench(client)
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(), process_id=os.getpid(),
-        initialization_options={"diffill": {"debounceMs": 0, "prefetch": False, "maxTokens": 32}}))
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            process_id=os.getpid(),
+            initialization_options={"diffill": {"debounceMs": 0, "prefetch": False, "maxTokens": 32}},
+        )
+    )
     client.initialized(types.InitializedParams())
     while (st := await b.stats())["state"] not in ("ready", "failed"):
         await asyncio.sleep(0.05)
@@ -107,8 +135,11 @@ async def run(model: Path, misses: int, hits_per: int) -> dict[str, Any]:
         raise SystemExit(f"model failed to load: {st['error']}")
 
     # warm-up (first forward pays torch's one-time costs)
-    client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
-        "file:///bench/warm.py", "python", 1, "def warm():\n    \n")))
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(
+            types.TextDocumentItem("file:///bench/warm.py", "python", 1, "def warm():\n    \n")
+        )
+    )
     await b.inline("file:///bench/warm.py", 1, 4, True)
 
     miss, hit, typed, accept = [], [], [], []
@@ -117,8 +148,9 @@ async def run(model: Path, misses: int, hits_per: int) -> dict[str, Any]:
     for k in range(misses):
         uri = f"file:///bench/m{k}.py"
         text = f"import math\n\ndef area_{k}(radius):\n    scale = {k}\n    "
-        client.text_document_did_open(types.DidOpenTextDocumentParams(
-            types.TextDocumentItem(uri, "python", 1, text)))
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(types.TextDocumentItem(uri, "python", 1, text))
+        )
         ms, items = await b.inline(uri, 4, 4, True)
         miss.append(ms)
         if items:
@@ -144,8 +176,11 @@ async def run(model: Path, misses: int, hits_per: int) -> dict[str, Any]:
     await b.configure(prefetch=True)
     for k in range(min(misses, 15)):
         uri = f"file:///bench/a{k}.py"
-        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
-            uri, "python", 1, f"def total_{k}(items):\n    result = 0\n    ")))
+        client.text_document_did_open(
+            types.DidOpenTextDocumentParams(
+                types.TextDocumentItem(uri, "python", 1, f"def total_{k}(items):\n    result = 0\n    ")
+            )
+        )
         _, items = await b.inline(uri, 2, 4, True)
         if not items:
             continue
@@ -162,10 +197,14 @@ async def run(model: Path, misses: int, hits_per: int) -> dict[str, Any]:
     client.exit(None)
     await client.stop()
     return {
-        "miss": summary(miss), "cache_hit": summary(hit), "typed_through": summary(typed),
+        "miss": summary(miss),
+        "cache_hit": summary(hit),
+        "typed_through": summary(typed),
         "accept_next_prefetched": summary(accept),
-        "server_counters": {k: final[k] for k in ("requests", "modelCalls", "cacheHits", "typedThroughHits",
-                                                   "prefetchHits", "prefetches")},
+        "server_counters": {
+            k: final[k]
+            for k in ("requests", "modelCalls", "cacheHits", "typedThroughHits", "prefetchHits", "prefetches")
+        },
         "model_id": final["modelId"],
     }
 
@@ -184,19 +223,27 @@ def main() -> None:
 
             model = make_tiny_model_dir(Path(tmp) / "tiny")
         res = asyncio.run(run(model, args.misses, args.hits_per_miss))
-    res["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
-                      "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    res["machine"] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
     res["model"] = str(args.model) if args.model else "tiny random-weight test model (diffusion_core.testing)"
     p50 = lambda k: res[k].get("p50_ms", float("nan"))
     res["markdown"] = (
         f"| LSP stdio latency p50 ({res['model_id']}, {res['machine']['cpus']} CPUs) | "
         f"miss {p50('miss'):.1f} ms | cache hit {p50('cache_hit'):.2f} ms | "
         f"typed-through {p50('typed_through'):.2f} ms | accept→next (prefetched) "
-        f"{p50('accept_next_prefetched'):.2f} ms |")
+        f"{p50('accept_next_prefetched'):.2f} ms |"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps({k: res[k] for k in ("miss", "cache_hit", "typed_through", "accept_next_prefetched")},
-                     indent=2))
+    print(
+        json.dumps(
+            {k: res[k] for k in ("miss", "cache_hit", "typed_through", "accept_next_prefetched")}, indent=2
+        )
+    )
     print(res["markdown"])
 
 

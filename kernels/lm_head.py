@@ -61,9 +61,21 @@ if triton is not None:
 
     @triton.jit
     def _lm_head_partial_kernel(
-        H, W, ROWS, BIAS, PM, PS, PT, PI, P2,
-        s_h, s_w,
-        n, vocab, dim, vocab_per_split,
+        H,
+        W,
+        ROWS,
+        BIAS,
+        PM,
+        PS,
+        PT,
+        PI,
+        P2,
+        s_h,
+        s_w,
+        n,
+        vocab,
+        dim,
+        vocab_per_split,
         HAS_ROWS: tl.constexpr,
         HAS_BIAS: tl.constexpr,
         BLOCK_M: tl.constexpr,
@@ -124,8 +136,17 @@ if triton is not None:
 
     @triton.jit
     def _lm_head_combine_kernel(
-        PM, PS, PT, PI, P2, TOK, PROB, ENT, MARGIN,
-        n, n_splits,
+        PM,
+        PS,
+        PT,
+        PI,
+        P2,
+        TOK,
+        PROB,
+        ENT,
+        MARGIN,
+        n,
+        n_splits,
         BLOCK_R: tl.constexpr,
         BLOCK_S: tl.constexpr,
     ):
@@ -208,11 +229,28 @@ def lm_head_stats(
     )
     if n:
         _lm_head_partial_kernel[(m_blocks, splits)](
-            h, weight, h if rows is None else rows, h if logit_bias is None else logit_bias,
-            pm, ps, pt, pi, p2, h.stride(0), weight.stride(0), n, vocab, d, vocab_per_split,
-            HAS_ROWS=rows is not None, HAS_BIAS=logit_bias is not None,
-            BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_K=block_k,
-            DOT_PREC=dot_precision(hidden.dtype), UPCAST=upcast_dots(_lm_head_partial_kernel, hidden.dtype),
+            h,
+            weight,
+            h if rows is None else rows,
+            h if logit_bias is None else logit_bias,
+            pm,
+            ps,
+            pt,
+            pi,
+            p2,
+            h.stride(0),
+            weight.stride(0),
+            n,
+            vocab,
+            d,
+            vocab_per_split,
+            HAS_ROWS=rows is not None,
+            HAS_BIAS=logit_bias is not None,
+            BLOCK_M=block_m,
+            BLOCK_V=block_v,
+            BLOCK_K=block_k,
+            DOT_PREC=dot_precision(hidden.dtype),
+            UPCAST=upcast_dots(_lm_head_partial_kernel, hidden.dtype),
             num_warps=4 if block_m <= 32 else 8,
         )
         block_r = 16

@@ -30,9 +30,18 @@ if triton is not None:
 
     @triton.jit
     def _add_rmsnorm_kernel(
-        X, R, W, Y, RO,
-        sx, sr, sy, sro,
-        n_rows, n_cols, eps,
+        X,
+        R,
+        W,
+        Y,
+        RO,
+        sx,
+        sr,
+        sy,
+        sro,
+        n_rows,
+        n_cols,
+        eps,
         HAS_RES: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK: tl.constexpr,
@@ -90,9 +99,21 @@ def add_rmsnorm(
         block = max(16, next_pow2(cols))
         block_r = max(1, min(16, 8192 // block))  # a few rows per program: short rows are cheap
         _add_rmsnorm_kernel[(triton.cdiv(n, block_r),)](
-            x2, r2 if r2 is not None else x2, weight, y, new_res,
-            x2.stride(0), r2.stride(0) if r2 is not None else 0, y.stride(0), new_res.stride(0),
-            n, cols, eps, HAS_RES=residual is not None, BLOCK_R=block_r, BLOCK=block,
+            x2,
+            r2 if r2 is not None else x2,
+            weight,
+            y,
+            new_res,
+            x2.stride(0),
+            r2.stride(0) if r2 is not None else 0,
+            y.stride(0),
+            new_res.stride(0),
+            n,
+            cols,
+            eps,
+            HAS_RES=residual is not None,
+            BLOCK_R=block_r,
+            BLOCK=block,
             num_warps=min(16, max(1, block_r * block // 512)),
         )
     launches["add_rmsnorm"] += 1

@@ -16,8 +16,9 @@ from cachetools import TTLCache
 __all__ = ["CompletionCache", "Shown", "TypedThrough", "cache_key"]
 
 
-def cache_key(model_id: str, sampling: tuple, language: str, prefix: str, suffix: str,
-              extra: str = "") -> bytes:
+def cache_key(
+    model_id: str, sampling: tuple, language: str, prefix: str, suffix: str, extra: str = ""
+) -> bytes:
     """A short digest of everything that decides the model's output.
 
     ``prefix``/``suffix`` are the windows the model sees (the prefix tail and suffix head), so a
@@ -34,8 +35,9 @@ def cache_key(model_id: str, sampling: tuple, language: str, prefix: str, suffix
 class CompletionCache:
     """LRU + TTL cache of raw model completions (post-processing is redone per request)."""
 
-    def __init__(self, size: int = 512, ttl_s: float = 600.0,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, size: int = 512, ttl_s: float = 600.0, timer: Callable[[], float] = time.monotonic
+    ) -> None:
         self._timer = timer
         self._size = size
         self._ttl = ttl_s
@@ -103,7 +105,7 @@ class TypedThrough:
         text = shown.text
         for k in range(1, len(text)):
             piece = text[:k]
-            if tail.endswith(piece) and (shown.tail + piece)[-shown.limit:] == tail:
+            if tail.endswith(piece) and (shown.tail + piece)[-shown.limit :] == tail:
                 rest = text[k:]
                 return rest if rest.strip() else None
         return None

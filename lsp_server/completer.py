@@ -44,8 +44,9 @@ class Suggestion:
 class Completer:
     """The completion pipeline; owns the cache, typed-through state and the ring buffer."""
 
-    def __init__(self, store: DocumentStore, worker: EngineWorker, stats: Stats,
-                 settings: Callable[[], Settings]) -> None:
+    def __init__(
+        self, store: DocumentStore, worker: EngineWorker, stats: Stats, settings: Callable[[], Settings]
+    ) -> None:
         self.store = store
         self.worker = worker
         self.stats = stats
@@ -88,8 +89,13 @@ class Completer:
             self.ring.add(doc, min(max(line, 0), doc.line_count - 1))
 
     # ---------------------------------------------------------------- requests
-    async def complete(self, uri: str, position: types.Position, invoked: bool,
-                       selected: types.SelectedCompletionInfo | None = None) -> Suggestion | None:
+    async def complete(
+        self,
+        uri: str,
+        position: types.Position,
+        invoked: bool,
+        selected: types.SelectedCompletionInfo | None = None,
+    ) -> Suggestion | None:
         """The suggestion for ``position``, or None (nothing worth showing, no model yet, stale)."""
         self.stats.bump("requests")
         result = await self._complete(uri, position, invoked, selected)
@@ -99,8 +105,9 @@ class Completer:
             self.stats.bump("shown")
         return result
 
-    async def _complete(self, uri: str, position: types.Position, invoked: bool,
-                        selected: types.SelectedCompletionInfo | None) -> Suggestion | None:
+    async def _complete(
+        self, uri: str, position: types.Position, invoked: bool, selected: types.SelectedCompletionInfo | None
+    ) -> Suggestion | None:
         s = self._settings()
         doc = self.store.get(uri)
         if doc is None or not s.enabled or not s.language_enabled(doc.language_id) or not self.worker.ready:
@@ -186,7 +193,13 @@ def _prepare(ctx: Context, s: Settings) -> Prepare:
         if ctx.extra:
             prefix = cut_prefix(ctx.extra, s.extra_context_tokens, count) + prefix
         suffix = cut_suffix(ctx.suffix, s.suffix_tokens, count)
-        return InfillJob(prefix=prefix, suffix=suffix, max_tokens=s.max_tokens, language=ctx.language or None,
-                         quality=s.quality, length_ensemble=s.length_ensemble)
+        return InfillJob(
+            prefix=prefix,
+            suffix=suffix,
+            max_tokens=s.max_tokens,
+            language=ctx.language or None,
+            quality=s.quality,
+            length_ensemble=s.length_ensemble,
+        )
 
     return prepare

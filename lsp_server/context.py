@@ -30,17 +30,36 @@ from .postprocess import EditContext
 from .settings import Settings
 
 __all__ = [
-    "CHARS_PER_TOKEN", "Context", "RingBuffer", "after_accepting", "build_context", "cut_prefix",
-    "cut_suffix", "prefix_window", "suffix_window",
+    "CHARS_PER_TOKEN",
+    "Context",
+    "RingBuffer",
+    "after_accepting",
+    "build_context",
+    "cut_prefix",
+    "cut_suffix",
+    "prefix_window",
+    "suffix_window",
 ]
 
 CHARS_PER_TOKEN = 8
 _EDIT_HEAD = 2000  # characters after the cursor that post-processing and typed-through look at
 _EOL = re.compile(r"\r\n|\r|\n")
 _COMMENT = {
-    "python": "#", "shellscript": "#", "ruby": "#", "perl": "#", "r": "#", "yaml": "#", "toml": "#",
-    "dockerfile": "#", "makefile": "#", "elixir": "#", "julia": "#", "nim": "#",
-    "lua": "--", "sql": "--", "haskell": "--",
+    "python": "#",
+    "shellscript": "#",
+    "ruby": "#",
+    "perl": "#",
+    "r": "#",
+    "yaml": "#",
+    "toml": "#",
+    "dockerfile": "#",
+    "makefile": "#",
+    "elixir": "#",
+    "julia": "#",
+    "nim": "#",
+    "lua": "--",
+    "sql": "--",
+    "haskell": "--",
 }
 
 
@@ -74,11 +93,11 @@ def prefix_window(tail: str, limit: int) -> str:
     """
     if len(tail) <= limit:
         return tail
-    tail = tail[-(limit + 1):]
+    tail = tail[-(limit + 1) :]
     m = _EOL.search(tail)
     if m is None or m.end() == len(tail):
         return tail[1:]  # no line start in reach: the cursor's line alone is longer than the limit
-    return tail[m.end():]
+    return tail[m.end() :]
 
 
 def suffix_window(head: str, limit: int) -> str:
@@ -104,14 +123,14 @@ def cut_prefix(text: str, budget: int, count: Callable[[str], int]) -> str:
     lo, hi = 1, len(starts)  # find the first start index whose rest fits
     while lo < hi:
         mid = (lo + hi) // 2
-        if count(text[starts[mid]:]) <= budget:
+        if count(text[starts[mid] :]) <= budget:
             hi = mid
         else:
             lo = mid + 1
     if lo < len(starts):
-        return text[starts[lo]:]
+        return text[starts[lo] :]
     # even the cursor's own line is too long: cut it by characters
-    line = text[starts[-1]:]
+    line = text[starts[-1] :]
     lo, hi = 0, len(line)
     while lo < hi:
         mid = (lo + hi) // 2
@@ -178,7 +197,7 @@ class RingBuffer:
             return
         kept = [c for c in self._chunks if not (c.uri == doc.uri and _similar(c.lines, lines))]
         kept.append(_Chunk(doc.uri, doc.language_id, text, lines, time.monotonic()))
-        self._chunks = deque(kept[-self.max_chunks:])
+        self._chunks = deque(kept[-self.max_chunks :])
 
     def drop(self, uri: str) -> None:
         self._chunks = deque(c for c in self._chunks if c.uri != uri)
@@ -210,9 +229,13 @@ def _similar(a: frozenset[str], b: frozenset[str]) -> bool:
 
 
 # --------------------------------------------------------------------------------- building
-def build_context(doc: Document, position: types.Position, settings: Settings,
-                  ring: RingBuffer | None = None,
-                  selected: types.SelectedCompletionInfo | None = None) -> Context:
+def build_context(
+    doc: Document,
+    position: types.Position,
+    settings: Settings,
+    ring: RingBuffer | None = None,
+    selected: types.SelectedCompletionInfo | None = None,
+) -> Context:
     """Everything about one request that does not need the model's tokenizer.
 
     With ``selected`` (an item highlighted in the editor's suggest widget), the prefix reads as if
@@ -226,14 +249,14 @@ def build_context(doc: Document, position: types.Position, settings: Settings,
             start, lead = s, selected.text
     p_limit = settings.prefix_tokens * CHARS_PER_TOKEN
     s_limit = max(settings.suffix_tokens, 1) * CHARS_PER_TOKEN
-    tail = (doc.text_before(start, p_limit + 1) + lead)[-(p_limit + 1):]
+    tail = (doc.text_before(start, p_limit + 1) + lead)[-(p_limit + 1) :]
     head = doc.text_after(point, max(s_limit + 1, _EDIT_HEAD))
     suffix = suffix_window(head, s_limit) if settings.suffix_tokens else ""
     line = doc.line(point.line)
     unit, eol = doc.style()
     edit = EditContext(
         line_prefix=line[: start.col] + lead,
-        line_suffix=line[point.col:],
+        line_suffix=line[point.col :],
         suffix=head[:_EDIT_HEAD],
         indent_unit=unit,
         eol=eol,
@@ -243,16 +266,24 @@ def build_context(doc: Document, position: types.Position, settings: Settings,
     if ring is not None and settings.extra_context_tokens:
         extra = ring.snippets(doc.uri, doc.language_id, settings.extra_context_tokens * CHARS_PER_TOKEN)
     return Context(
-        uri=doc.uri, language=doc.language_id, version=doc.version, position=position,
-        replace_start=doc.to_position(start) if lead else position, lead=lead, tail=tail,
-        tail_limit=p_limit + 1, prefix=prefix_window(tail, p_limit), suffix=suffix, extra=extra,
+        uri=doc.uri,
+        language=doc.language_id,
+        version=doc.version,
+        position=position,
+        replace_start=doc.to_position(start) if lead else position,
+        lead=lead,
+        tail=tail,
+        tail_limit=p_limit + 1,
+        prefix=prefix_window(tail, p_limit),
+        suffix=suffix,
+        extra=extra,
         edit=edit,
     )
 
 
 def after_accepting(ctx: Context, text: str) -> Context:
     """The context the user will be in after accepting ``text`` (for speculative prefetch)."""
-    tail = (ctx.tail + text)[-ctx.tail_limit:]
+    tail = (ctx.tail + text)[-ctx.tail_limit :]
     last = _EOL.split(ctx.edit.line_prefix + text)[-1]
     edit = replace(ctx.edit, line_prefix=last)
     return replace(ctx, tail=tail, prefix=prefix_window(tail, ctx.tail_limit - 1), lead="", edit=edit)

@@ -60,8 +60,9 @@ class Point:
 class Document:
     """One open document, kept as a list of lines with their terminators."""
 
-    def __init__(self, uri: str, text: str, language_id: str = "", version: int = 0,
-                 encoding: str = _UTF16) -> None:
+    def __init__(
+        self, uri: str, text: str, language_id: str = "", version: int = 0, encoding: str = _UTF16
+    ) -> None:
         self.uri = uri
         self.language_id = language_id or ""
         self.version = version
@@ -105,7 +106,7 @@ class Document:
 
     def text_after(self, point: Point, max_chars: int) -> str:
         """Up to ``max_chars`` characters that start at ``point`` (the suffix's head)."""
-        parts = [self._lines[point.line][point.col:]]
+        parts = [self._lines[point.line][point.col :]]
         total = len(parts[0])
         i = point.line + 1
         while total < max_chars and i < len(self._lines):
@@ -155,7 +156,7 @@ class Document:
             data = content.encode("utf-16-le", "surrogatepass")
             if units * 2 >= len(data):
                 return len(content)
-            if 0xDC00 <= int.from_bytes(data[units * 2: units * 2 + 2], "little") <= 0xDFFF and units > 0:
+            if 0xDC00 <= int.from_bytes(data[units * 2 : units * 2 + 2], "little") <= 0xDFFF and units > 0:
                 units -= 1  # inside a surrogate pair: back to the pair's start
             return len(data[: units * 2].decode("utf-16-le", "surrogatepass"))
         data = content.encode("utf-8", "surrogatepass")
@@ -173,7 +174,7 @@ class Document:
         lines = self._lines
         # Start one line early: a "\r" ending the previous line joins a "\n" that now follows it.
         lo = start.line - 1 if start.line > 0 else 0
-        frag_lines = lines[lo: end.line + 1]
+        frag_lines = lines[lo : end.line + 1]
         head = sum(len(x) for x in frag_lines[: start.line - lo])
         s_off = head + start.col
         e_off = sum(len(x) for x in frag_lines[: end.line - lo]) + end.col
@@ -181,7 +182,7 @@ class Document:
         new_lines = split_lines(frag[:s_off] + text + frag[e_off:])
         if end.line + 1 < len(lines):
             new_lines.pop()  # the fragment ended with a terminator: drop the empty remainder
-        lines[lo: end.line + 1] = new_lines
+        lines[lo : end.line + 1] = new_lines
         self._style = None
 
     def apply_change(self, change: types.TextDocumentContentChangeEvent) -> None:
@@ -242,8 +243,9 @@ class DocumentStore:
         self._docs[uri] = doc
         return doc
 
-    def change(self, uri: str, version: int | None,
-               changes: Iterable[types.TextDocumentContentChangeEvent]) -> Document | None:
+    def change(
+        self, uri: str, version: int | None, changes: Iterable[types.TextDocumentContentChangeEvent]
+    ) -> Document | None:
         """Apply changes in order; None when the document is not open (the client is out of sync)."""
         doc = self._docs.get(uri)
         if doc is None:

@@ -62,7 +62,7 @@ def postprocess(raw: str, ctx: EditContext) -> str | None:
         # on an empty line the first line's own indentation continues the line's: restyle both
         joined = _restyle_indent(["", ctx.line_prefix + lines[0]], ctx.indent_unit, step)[1]
         if joined.startswith(ctx.line_prefix):
-            lines[0] = joined[len(ctx.line_prefix):]
+            lines[0] = joined[len(ctx.line_prefix) :]
     lines = _cut_at_block_end(lines, ctx)
     text = _cut_closers_already_there("\n".join(lines), ctx)
     lines = _trim_overlap_lines(text.split("\n"), ctx)
@@ -167,7 +167,7 @@ def _trim_overlap_mid_line(text: str, line_suffix: str) -> str:
     """Drop the completion's tail when it repeats the start of the rest of the line."""
     ls = line_suffix
     for k in range(min(len(text), len(ls)), 0, -1):
-        whole = k >= 3 or k == len(ls.rstrip()) or not (ls[k:k + 1].isalnum() or ls[k:k + 1] == "_")
+        whole = k >= 3 or k == len(ls.rstrip()) or not (ls[k : k + 1].isalnum() or ls[k : k + 1] == "_")
         if text.endswith(ls[:k]) and whole and _can_drop(text[:-k], ls[:k]):
             return text[:-k]
     return text
@@ -205,7 +205,7 @@ def _restyle_indent(lines: list[str], unit: str, own: int = 4) -> list[str]:
             continue
         w = _width(lead, tab)
         new = "\t" * (w // tab) + " " * (w % tab) if use_tabs else " " * w
-        out.append(new + ln[len(lead):])
+        out.append(new + ln[len(lead) :])
     return out
 
 

@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint for the 'default' entry (default: the embedded model)")
     p.add_argument(
         "--models",
-        type=_names, help="comma list of: default, default-shape, open-dcoder-0.5b, coda-1.7b, dream-7b"
+        type=_names,
+        help="comma list of: default, default-shape, open-dcoder-0.5b, coda-1.7b, dream-7b",
     )
     p.add_argument("--contexts", type=_ints, help="comma list of context lengths (default 512,2048,4096)")
     p.add_argument("--middles", type=_ints, help="comma list of middle lengths (default 16,32,64,128)")

@@ -71,8 +71,11 @@ def _init_lua(path: Path, model: Path, inline: str) -> Path:
     `inline = 'plain'`: no setup(), the README's plain vim.lsp.config + vim.lsp.enable instead."""
     if inline == "plain":
         settings = {"modelPath": str(model), "device": "cpu", "maxLines": 1, "maxTokens": 24}
-        cfg = {"cmd": [sys.executable, "-m", "diffill.cli", "serve"],
-               "init_options": {"diffill": settings}, "settings": {"diffill": settings}}
+        cfg = {
+            "cmd": [sys.executable, "-m", "diffill.cli", "serve"],
+            "init_options": {"diffill": settings},
+            "settings": {"diffill": settings},
+        }
         path.write_text(
             f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
             "vim.opt.swapfile = false\n"
@@ -164,8 +167,18 @@ def session(request: pytest.FixtureRequest, nvim_bin: str, tiny_model: Path, tmp
         "XDG_DATA_HOME": str(tmp_path / "data"),
     }
     # pynvim starts the child with this process's environment: pass ours through env(1).
-    argv = ["env", *(f"{k}={v}" for k, v in env.items()),
-            nvim_bin, "--embed", "--headless", "-n", "-i", "NONE", "-u", str(init)]
+    argv = [
+        "env",
+        *(f"{k}={v}" for k, v in env.items()),
+        nvim_bin,
+        "--embed",
+        "--headless",
+        "-n",
+        "-i",
+        "NONE",
+        "-u",
+        str(init),
+    ]
     nvim = pynvim.attach("child", argv=argv)
     try:
         yield nvim, tmp_path
@@ -197,10 +210,16 @@ def _accept_and_save(nvim: Any, path: Path, ghost: str) -> None:
     _wait("the accepted text in the buffer", lambda: nvim.current.line != TYPED, timeout=10, nvim=nvim)
     assert nvim.current.line == TYPED + ghost, "the line is the typed text plus exactly the ghost text"
     # Accepting ran the item's `diffill.accepted` command: the server counted it.
-    stats = ("local c = require('diffill').clients(0)[1]; "
-             "local r = c:request_sync('diffill/stats', vim.NIL, 10000); return r and r.result")
-    _wait("the server to count the accept", lambda: (nvim.exec_lua(stats) or {}).get("accepted", 0) >= 1,
-          timeout=15, nvim=nvim)
+    stats = (
+        "local c = require('diffill').clients(0)[1]; "
+        "local r = c:request_sync('diffill/stats', vim.NIL, 10000); return r and r.result"
+    )
+    _wait(
+        "the server to count the accept",
+        lambda: (nvim.exec_lua(stats) or {}).get("accepted", 0) >= 1,
+        timeout=15,
+        nvim=nvim,
+    )
     nvim.input("<Esc>")
     _wait("Normal mode", lambda: nvim.api.get_mode()["mode"] == "n", timeout=10)
     nvim.command("write")
@@ -288,8 +307,9 @@ def test_disable_enable_and_restart(session: Any) -> None:
     first = nvim.exec_lua("return require('diffill').clients()[1].id")
     nvim.command("Diffill restart")
     restarted = "local c = require('diffill').clients(0)[1]; return c and c.id or 0"
-    _wait("a new client after :Diffill restart",
-          lambda: nvim.exec_lua(restarted) not in (0, first), nvim=nvim)
+    _wait(
+        "a new client after :Diffill restart", lambda: nvim.exec_lua(restarted) not in (0, first), nvim=nvim
+    )
     state = "return require('diffill').state()"
     _wait("the model to load again", lambda: nvim.exec_lua(state) == "ready", nvim=nvim)
     nvim.input("A<BS>d")
@@ -299,8 +319,12 @@ def test_disable_enable_and_restart(session: Any) -> None:
 def test_lua_files_load(nvim_bin: str) -> None:
     """Every Lua file of the plugin compiles, and loading the plugin sets no globals."""
     check = Path(__file__).with_name("check_plugin.lua")
-    proc = subprocess.run([nvim_bin, "--headless", "-u", "NONE", "-i", "NONE", "-l", str(check), str(PLUGIN)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [nvim_bin, "--headless", "-u", "NONE", "-i", "NONE", "-l", str(check), str(PLUGIN)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Lua files ok" in proc.stdout + proc.stderr
 
@@ -314,8 +338,12 @@ def test_help_tags(nvim_bin: str, tmp_path: Path) -> None:
         f"helptags {plugin / 'doc'}|set rtp^={plugin}|for t in {json.dumps(tags)}|"
         "execute 'help ' .. t|call writefile([t .. ' ' .. expand('%:t')], 'OUT', 'a')|endfor"
     ).replace("OUT", str(tmp_path / "out.txt"))
-    proc = subprocess.run([nvim_bin, "--headless", "-u", "NONE", "-i", "NONE", "-c", script, "-c", "qa!"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [nvim_bin, "--headless", "-u", "NONE", "-i", "NONE", "-c", script, "-c", "qa!"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert lines == [f"{t} diffill.txt" for t in tags]
@@ -328,9 +356,25 @@ def test_checkhealth(nvim_bin: str, tiny_model: Path, tmp_path: Path) -> None:
     env = editor_env()
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     proc = subprocess.run(
-        [nvim_bin, "--headless", "-n", "-i", "NONE", "-u", str(init),
-         "-c", "checkhealth diffill", "-c", f"write! {out}", "-c", "qa!"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            nvim_bin,
+            "--headless",
+            "-n",
+            "-i",
+            "NONE",
+            "-u",
+            str(init),
+            "-c",
+            "checkhealth diffill",
+            "-c",
+            f"write! {out}",
+            "-c",
+            "qa!",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     report = out.read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ def ref_lines(text: str) -> list[tuple[int, str]]:
         c = text[i]
         if c in "\r\n":
             out.append((start, text[start:i]))
-            i += 2 if text[i: i + 2] == "\r\n" else 1
+            i += 2 if text[i : i + 2] == "\r\n" else 1
             start = i
         else:
             i += 1
@@ -64,8 +64,11 @@ def test_random_incremental_edits_match_reference(enc, initial, edits):
         a, b = ref_offset(ref, sl, sc, enc), ref_offset(ref, el, ec, enc)
         a, b = min(a, b), max(a, b)
         ref = ref[:a] + new + ref[b:]
-        doc.apply_change(types.TextDocumentContentChangePartial(
-            range=types.Range(types.Position(sl, sc), types.Position(el, ec)), text=new))
+        doc.apply_change(
+            types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(sl, sc), types.Position(el, ec)), text=new
+            )
+        )
         assert doc.text == ref
         assert [doc.line(i) for i in range(doc.line_count)] == [c for _, c in ref_lines(ref)]
 
@@ -74,15 +77,21 @@ def test_only_lsp_line_breaks_split_lines():
     # form feed, NEL and U+2028 are ordinary characters for LSP (pygls' splitlines gets this wrong)
     assert split_lines("a\x0cb\nc\u2028d\r\ne\rf") == ["a\x0cb\n", "c\u2028d\r\n", "e\r", "f"]
     doc = Document("u", "x = 1\x0cy\nabc")
-    doc.apply_change(types.TextDocumentContentChangePartial(
-        range=types.Range(types.Position(1, 0), types.Position(1, 0)), text="Z"))
+    doc.apply_change(
+        types.TextDocumentContentChangePartial(
+            range=types.Range(types.Position(1, 0), types.Position(1, 0)), text="Z"
+        )
+    )
     assert doc.text == "x = 1\x0cy\nZabc"
 
 
 def test_column_past_end_of_last_line_means_end_of_line():
     doc = Document("u", "ab\nabc")
-    doc.apply_change(types.TextDocumentContentChangePartial(
-        range=types.Range(types.Position(1, 99), types.Position(1, 99)), text="Z"))
+    doc.apply_change(
+        types.TextDocumentContentChangePartial(
+            range=types.Range(types.Position(1, 99), types.Position(1, 99)), text="Z"
+        )
+    )
     assert doc.text == "ab\nabcZ"
 
 
@@ -97,14 +106,20 @@ def test_utf16_columns_count_surrogate_pairs_twice():
 
 def test_crlf_document_keeps_its_line_endings():
     doc = Document("u", "a\r\nb\r\n")
-    doc.apply_change(types.TextDocumentContentChangePartial(
-        range=types.Range(types.Position(1, 1), types.Position(1, 1)), text="\r\nc"))
+    doc.apply_change(
+        types.TextDocumentContentChangePartial(
+            range=types.Range(types.Position(1, 1), types.Position(1, 1)), text="\r\nc"
+        )
+    )
     assert doc.text == "a\r\nb\r\nc\r\n"
     assert doc.style()[1] == "\r\n"
     # a lone "\r" typed before a "\n" becomes one CRLF line break, as in the editor
     doc = Document("u", "a\nb")
-    doc.apply_change(types.TextDocumentContentChangePartial(
-        range=types.Range(types.Position(0, 1), types.Position(0, 1)), text="\r"))
+    doc.apply_change(
+        types.TextDocumentContentChangePartial(
+            range=types.Range(types.Position(0, 1), types.Position(0, 1)), text="\r"
+        )
+    )
     assert doc.line_count == 2 and doc.text == "a\r\nb"
 
 
@@ -114,10 +129,24 @@ def test_multi_megabyte_document_edits_and_context():
     store = DocumentStore("utf-16")
     doc = store.open("file:///big.py", text, "python", 1)
     last = doc.line_count - 1
-    store.change("file:///big.py", 2, [types.TextDocumentContentChangePartial(
-        range=types.Range(types.Position(last, 0), types.Position(last, 0)), text="tail")])
-    store.change("file:///big.py", 3, [types.TextDocumentContentChangePartial(
-        range=types.Range(types.Position(30000, 4), types.Position(30000, 9)), text="v")])
+    store.change(
+        "file:///big.py",
+        2,
+        [
+            types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(last, 0), types.Position(last, 0)), text="tail"
+            )
+        ],
+    )
+    store.change(
+        "file:///big.py",
+        3,
+        [
+            types.TextDocumentContentChangePartial(
+                range=types.Range(types.Position(30000, 4), types.Position(30000, 9)), text="v"
+            )
+        ],
+    )
     assert doc.version == 3
     assert doc.line(30000) == "    v = compute(value, 42)  # 中文 😀"
     assert doc.text_before(Point(last, 4), 10) == " 中文 😀\ntail"

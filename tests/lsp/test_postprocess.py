@@ -9,7 +9,7 @@ from lsp_server.postprocess import EditContext, postprocess
 def ctx_at(source: str, max_lines: int = 8) -> EditContext:
     """An EditContext for ``source`` with the cursor at the ``|`` marker."""
     cut = source.index("|")
-    text = source[:cut] + source[cut + 1:]
+    text = source[:cut] + source[cut + 1 :]
     unit, eol = Document("u", text).style()
     before, after = text[:cut], text[cut:]
     line_prefix = before.replace("\r\n", "\n").rsplit("\n", 1)[-1]

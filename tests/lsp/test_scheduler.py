@@ -145,8 +145,10 @@ def test_debounced_automatic_triggers_cost_one_model_call():
         fake = FakeBackend()
         w = await ready_worker(fake)
         sched = Scheduler(w, w.stats)
-        runs = [asyncio.ensure_future(sched.run("file:///a.py", bytes([i]), job(), debounce_s=0.3))
-                for i in range(5)]
+        runs = [
+            asyncio.ensure_future(sched.run("file:///a.py", bytes([i]), job(), debounce_s=0.3))
+            for i in range(5)
+        ]
         results = await asyncio.gather(*runs)
         assert results == [None] * 4 + ["value = 1"]
         assert len(fake.calls) == 1
@@ -265,8 +267,9 @@ def test_completer_answers_cache_hits_and_typed_through_without_the_model():
         assert first is not None and first.text == "total + 1" and first.source == "model"
         again = await comp.complete(doc.uri, pos, invoked=True)
         assert again is not None and again.text == "total + 1" and again.source == "cache"
-        store.change(doc.uri, 2, [types.TextDocumentContentChangePartial(
-            range=types.Range(pos, pos), text="tot")])
+        store.change(
+            doc.uri, 2, [types.TextDocumentContentChangePartial(range=types.Range(pos, pos), text="tot")]
+        )
         typed = await comp.complete(doc.uri, types.Position(1, 14), invoked=False)
         assert typed is not None and typed.text == "al + 1" and typed.source == "typed-through"
         assert typed.start == typed.end == types.Position(1, 14)
@@ -315,7 +318,8 @@ def test_selected_suggestion_is_extended_over_its_range():
         comp = Completer(store, w, w.stats, lambda: settings)
         store.open("file:///a.py", "value = 1\npr\n", "python", 1)
         selected = types.SelectedCompletionInfo(
-            range=types.Range(types.Position(1, 0), types.Position(1, 2)), text="print")
+            range=types.Range(types.Position(1, 0), types.Position(1, 2)), text="print"
+        )
         sug = await comp.complete("file:///a.py", types.Position(1, 2), invoked=False, selected=selected)
         assert sug is not None and sug.text == "print(value)"
         assert (sug.start, sug.end) == (types.Position(1, 0), types.Position(1, 2))

@@ -50,8 +50,9 @@ def test_capabilities_progress_and_model_ready(lsp: LspSession):
     assert st_["positionEncoding"] == "utf-16"
     kinds = [p.value["kind"] for m, p in lsp.notifications if m == types.PROGRESS]
     assert kinds[0] == "begin" and kinds[-1] == "end"
-    assert ("diffill/status", "ready") in [(m, plain(p)["state"]) for m, p in lsp.notifications
-                                           if m == "diffill/status"]
+    assert ("diffill/status", "ready") in [
+        (m, plain(p)["state"]) for m, p in lsp.notifications if m == "diffill/status"
+    ]
 
 
 def test_open_change_complete_accept(lsp: LspSession):
@@ -69,15 +70,25 @@ def test_open_change_complete_accept(lsp: LspSession):
         assert item.range == types.Range(types.Position(2, 4), types.Position(2, 4))
         assert item.command.command == "diffill.accepted"
     # the completion fallback: one item carrying the text as an edit at the cursor
-    comp = lsp.run(lsp.client.text_document_completion_async(types.CompletionParams(
-        text_document=types.TextDocumentIdentifier(uri), position=types.Position(2, 4))))
+    comp = lsp.run(
+        lsp.client.text_document_completion_async(
+            types.CompletionParams(
+                text_document=types.TextDocumentIdentifier(uri), position=types.Position(2, 4)
+            )
+        )
+    )
     assert comp.is_incomplete is True
     for item in comp.items:
         assert item.text_edit.range == types.Range(types.Position(2, 4), types.Position(2, 4))
         assert item.insert_text_mode == types.InsertTextMode.AsIs
     before = lsp.stats()["accepted"]
-    lsp.run(lsp.client.workspace_execute_command_async(types.ExecuteCommandParams(
-        command="diffill.accepted", arguments=[{"id": "1", "uri": uri, "line": 2}])))
+    lsp.run(
+        lsp.client.workspace_execute_command_async(
+            types.ExecuteCommandParams(
+                command="diffill.accepted", arguments=[{"id": "1", "uri": uri, "line": 2}]
+            )
+        )
+    )
     assert lsp.stats()["accepted"] == before + 1
 
 
@@ -115,7 +126,7 @@ def test_prefetch_makes_accept_then_continue_a_cache_hit(lsp: LspSession):
         # the cursor is now at the end of the inserted text
         cut = end.index(item.insert_text) + len(item.insert_text)
         row = max(i for i, (start, _) in enumerate(lines) if start <= cut)
-        char = len(end[lines[row][0]:cut].encode("utf-16-le")) // 2
+        char = len(end[lines[row][0] : cut].encode("utf-16-le")) // 2
         lsp.inline(uri, row, char, invoked=False)
         after = lsp.stats()
         # answered from the prefetched entry (the next prefetch may already be running: that is the point)
@@ -145,8 +156,9 @@ def test_cancel_request_stops_the_model_between_steps(lsp: LspSession):
 
         async def go() -> Exception | object:
             proto = lsp.client.protocol
-            fut = asyncio.wrap_future(proto.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params,
-                                                         msg_id="cancel-me"))
+            fut = asyncio.wrap_future(
+                proto.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="cancel-me")
+            )
             while True:  # wait until the model is running, then cancel
                 st_ = plain(await proto.send_request_async("diffill/stats", {}))
                 if st_["modelCalls"] > before["modelCalls"]:

@@ -22,8 +22,11 @@ def body(msg_id: object, method: str, params: object) -> bytes:
 
 
 def inline_params(uri: str, line: object, character: object) -> dict:
-    return {"context": {"triggerKind": 1}, "textDocument": {"uri": uri},
-            "position": {"line": line, "character": character}}
+    return {
+        "context": {"triggerKind": 1},
+        "textDocument": {"uri": uri},
+        "position": {"line": line, "character": character},
+    }
 
 
 def code(answer: object) -> int | None:
@@ -36,10 +39,20 @@ def test_malformed_input_battery_each_answered_and_the_server_keeps_working(tiny
         uri = "file:///work/battery.py"
         # before initialize: an error for requests, notifications dropped
         assert code(lsp.raw_request(body(1, INLINE, inline_params(uri, 0, 0)), 1)) == -32002
-        lsp.send_raw(json.dumps({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {
-            "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "early"}}}).encode())
-        result = lsp.initialize(init_options={"debounceMs": 0, "maxTokens": 8, "prefetch": False},
-                                encodings=["utf-8", "utf-16"])
+        lsp.send_raw(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "textDocument/didOpen",
+                    "params": {
+                        "textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "early"}
+                    },
+                }
+            ).encode()
+        )
+        result = lsp.initialize(
+            init_options={"debounceMs": 0, "maxTokens": 8, "prefetch": False}, encodings=["utf-8", "utf-16"]
+        )
         assert result.capabilities.position_encoding == "utf-8"
         assert lsp.document(uri) is None
         lsp.wait_state("ready")
@@ -78,8 +91,14 @@ def test_malformed_input_battery_each_answered_and_the_server_keeps_working(tiny
                 assert answer == expected, (raw, answer)
             still_works()
         # notifications that cannot be applied are dropped, the server goes on
-        unknown_change = {"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
-            "textDocument": {"uri": "file:///nope.py", "version": 2}, "contentChanges": [{"text": "x"}]}}
+        unknown_change = {
+            "jsonrpc": "2.0",
+            "method": "textDocument/didChange",
+            "params": {
+                "textDocument": {"uri": "file:///nope.py", "version": 2},
+                "contentChanges": [{"text": "x"}],
+            },
+        }
         for junk in (b"[1, 2, 3]", b'"just a string"', json.dumps(unknown_change).encode()):
             lsp.send_raw(junk)
             still_works()
@@ -111,8 +130,10 @@ def test_model_load_failure_is_shown_once_and_the_server_stays_up(tmp_path: Path
         assert list(lsp.inline(uri, 1, 4).items) == []
         assert len([m for m, _ in lsp.notifications if m == types.WINDOW_SHOW_MESSAGE]) == 1
         # fixing the setting loads the model without a restart
-        lsp.notify(types.WORKSPACE_DID_CHANGE_CONFIGURATION, types.DidChangeConfigurationParams(
-            settings={"diffill": {"modelPath": str(tiny_model)}}))
+        lsp.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+            types.DidChangeConfigurationParams(settings={"diffill": {"modelPath": str(tiny_model)}}),
+        )
         assert lsp.wait_state("ready")["modelId"] == "diffill-tiny"
     finally:
         assert lsp.close() == 0
@@ -122,8 +143,19 @@ def test_tcp_binds_loopback_and_speaks_lsp(tiny_model: Path):
     async def main() -> int:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "diffill.cli", "serve", "--tcp", "0", "--model", str(tiny_model),
-            cwd=str(REPO), env=env, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "diffill.cli",
+            "serve",
+            "--tcp",
+            "0",
+            "--model",
+            str(tiny_model),
+            cwd=str(REPO),
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
         try:
             port = None
             while port is None:
@@ -134,7 +166,8 @@ def test_tcp_binds_loopback_and_speaks_lsp(tiny_model: Path):
             client = LanguageClient("tcp-test", "0")
             await client.start_tcp("127.0.0.1", port)
             inline_caps = types.TextDocumentClientCapabilities(
-                inline_completion=types.InlineCompletionClientCapabilities())
+                inline_completion=types.InlineCompletionClientCapabilities()
+            )
             params = types.InitializeParams(capabilities=types.ClientCapabilities(text_document=inline_caps))
             res = await client.initialize_async(params)
             assert res.capabilities.inline_completion_provider is not None
@@ -158,8 +191,9 @@ def test_server_exits_when_the_editor_process_dies():
         client = LanguageClient("watch-test", "0")
         await client.start_io(sys.executable, "-m", "diffill.cli", "serve", "--stdio", cwd=str(REPO), env=env)
         # no `initialized`: the model never starts loading, so this process stays light
-        await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities(),
-                                                             process_id=editor.pid))
+        await client.initialize_async(
+            types.InitializeParams(capabilities=types.ClientCapabilities(), process_id=editor.pid)
+        )
         editor.kill()
         await editor.wait()
         code = await asyncio.wait_for(client._server.wait(), 30)
