@@ -114,6 +114,23 @@ int main(void) {
 '''
 
 
+def random_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+    """A seeded random Transformer whose activations and logits stay O(1) at any width (fan-in
+    scaled weights, norms near 1), so tests see varied, non-degenerate token choices."""
+    gen = torch.Generator().manual_seed(seed)
+    model = Transformer(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.02 * noise)
+            else:
+                p.copy_(noise * p.shape[-1] ** -0.5)
+    return model
+
+
 @functools.lru_cache(maxsize=4)
 def _train_bpe(specials: tuple[str, ...] = SPECIAL_TOKENS) -> str:
     """Train once per process; training is deterministic for a fixed corpus and settings."""
@@ -163,17 +180,7 @@ def make_tiny_model_dir(path: str | Path, **cfg_overrides: Any) -> Path:
     cfg = ModelConfig(**cfg_kw)
     if cfg.vocab_size < tok.vocab_size:
         raise ValueError(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
-    gen = torch.Generator().manual_seed(seed)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.02 * noise)
-            else:  # fan-in scaling keeps activations and logits O(1) at any width
-                p.copy_(noise * p.shape[-1] ** -0.5)
+    model = random_model(cfg, seed)
     eos = tok.token_to_id(EOS_TOKEN)
     mask = tok.token_to_id(MASK_TOKEN)
     begin = tok.token_to_id(BEGIN_TOKEN)
@@ -367,17 +374,7 @@ def make_family_dir(
         **_FAMILY_SHAPE[kind],
     }
     mc = ModelConfig(**shape)
-    gen = torch.Generator().manual_seed(seed)
-    model = Transformer(mc)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.02 * noise)
-            else:
-                p.copy_(noise * p.shape[-1] ** -0.5)
+    model = random_model(mc, seed)
     model.eval()
     cfg = _family_config(kind, mc, ids)
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
