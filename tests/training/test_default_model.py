@@ -34,3 +34,10 @@ def test_loads_from_the_installed_package(engine: Engine) -> None:
     assert engine.model_id == "diffill-default"
     assert engine.family.mask_id == engine.tokenizer.token_to_id("<|mask|>")
     assert engine.family.eos_ids == (engine.tokenizer.token_to_id("<|endoftext|>"),)
+
+
+def test_fills_a_simple_hole(engine: Engine) -> None:
+    # An honest, deliberately easy hole: the trained 1.3M model gets a method's first parameter
+    # right with a one-token budget; it does not yet complete whole lines (see MODEL_CARD.md).
+    c = engine.infill("class A:\n    def method(", ", x):\n        return x\n", max_tokens=1)
+    assert c.text == "self"
