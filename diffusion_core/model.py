@@ -209,14 +209,17 @@ class Transformer(nn.Module):
         key_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         start: int = 0,
+        causal: bool = False,
     ) -> torch.Tensor:
         """Hidden states after the final norm, [B, T, hidden].
 
         key_mask: bool [B, T_total] marking the real (non-padding) keys of the whole canvas; with a
         cache, T_total is the cache length and ``input_ids`` covers ``[start, start + T)``.
+        causal: each position attends only to itself and earlier ones (the next-token warm-up of
+        training; inference is always bidirectional). Eager path only, no cache.
         """
         auto = self.use_kernels is None and input_ids.is_cuda and not torch.is_grad_enabled()
-        if self.use_kernels or auto:
+        if (self.use_kernels or auto) and not causal:
             from .fast_path import fast_forward
 
             return fast_forward(self, input_ids, positions, key_mask, cache, start)
@@ -226,6 +229,11 @@ class Transformer(nn.Module):
         x = self.embed(input_ids)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+        if causal:
+            if cache is not None:
+                raise ValueError("causal attention is for training forwards, not cached decoding")
+            tri = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()[None, None]
+            attn_mask = tri if attn_mask is None else attn_mask & tri
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, attn_mask, cache, i, start)
         return self.norm(x)

@@ -19,11 +19,10 @@ masks as an uninterrupted one, so its loss trajectory is the same.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -307,35 +306,14 @@ def init_weights(model: Transformer) -> None:
             torch.nn.init.zeros_(p)
 
 
-@contextlib.contextmanager
-def causal_attention() -> Iterator[None]:
-    """Make the engine's (bidirectional) attention causal for an AR warm-up phase. Training-only:
-    the model module's attention function is swapped and restored; inference never sees this."""
-    from .. import model as model_mod
-
-    bidirectional = model_mod.attention
-
-    def causal(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # right padding: causal is enough
-
-    model_mod.attention = causal
-    try:
-        yield
-    finally:
-        model_mod.attention = bidirectional
-
-
-def loss_fn(model: Transformer, batch: dict[str, torch.Tensor], shifted: bool = False) -> torch.Tensor:
+def loss_fn(
+    model: Transformer, batch: dict[str, torch.Tensor], shifted: bool = False, causal: bool = False
+) -> torch.Tensor:
     """Sum over supervised positions of w * CE, averaged over examples (w already holds 1/(t n)).
-    ``shifted``: the target at position j is predicted from the output at j - 1."""
+    ``shifted``: the target at position j is predicted from the output at j - 1. ``causal``: the
+    next-token warm-up, where attention may not look ahead."""
     key = batch["key_mask"]
-    hidden = model(batch["ids"], key_mask=None if bool(key.all()) else key)
+    hidden = model(batch["ids"], key_mask=None if bool(key.all()) else key, causal=causal)
     weights, targets = batch["weights"], batch["targets"]
     if shifted:
         hidden, weights, targets = hidden[:, :-1], weights[:, 1:], targets[:, 1:]
@@ -481,8 +459,9 @@ class Trainer:
             self.model.to(self.device)
 
     # ---- steps
-    def _attention(self) -> contextlib.AbstractContextManager:
-        return causal_attention() if self.cfg.objective == "ar" else contextlib.nullcontext()
+    @property
+    def causal(self) -> bool:
+        return self.cfg.objective == "ar"
 
     def time_frac(self) -> float:
         return self.elapsed / (self.cfg.max_minutes * 60) if self.cfg.max_minutes else 0.0
@@ -493,8 +472,7 @@ class Trainer:
             g["lr"] = lr_at(self.step, self.cfg, self.time_frac())
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            with self._attention():
-                loss = loss_fn(self.model, batch, self.cfg.shifted)
+            loss = loss_fn(self.model, batch, self.cfg.shifted, self.causal)
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -526,8 +504,8 @@ class Trainer:
         for kind, b in self._validation_batches():
             t = {k: v.to(self.device) for k, v in b.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                with self._attention():
-                    sums.setdefault(f"val_{kind}", []).append(float(loss_fn(self.model, t, self.cfg.shifted)))
+                loss = loss_fn(self.model, t, self.cfg.shifted, self.causal)
+                sums.setdefault(f"val_{kind}", []).append(float(loss))
         return {k: round(sum(v) / len(v), 4) for k, v in sums.items()}
 
     def run(self, log_file: str | Path | None = None, progress: bool = True) -> list[dict]:

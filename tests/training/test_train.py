@@ -17,7 +17,6 @@ from diffusion_core.training.train import (
     TrainConfig,
     Trainer,
     batch_for_step,
-    causal_attention,
     loss_fn,
     shard_weights,
 )
@@ -153,11 +152,10 @@ def test_causal_warmup_then_shifted_diffusion(tok_path: Path, tmp_path: Path) ->
     x = torch.tensor([[2, 40, 41, 42, 43, 44]])
     y = x.clone()
     y[0, 4] = 50
-    with torch.no_grad(), causal_attention():
-        a, b = ar.model(x), ar.model(y)
-    assert torch.equal(a[0, :4], b[0, :4])  # causal: earlier positions never see later tokens
     with torch.no_grad():
-        assert not torch.allclose(ar.model(x)[0, :4], ar.model(y)[0, :4])  # restored: bidirectional again
+        a, b = ar.model(x, causal=True), ar.model(y, causal=True)
+        assert torch.equal(a[0, :4], b[0, :4])  # causal: earlier positions never see later tokens
+        assert not torch.allclose(ar.model(x)[0, :4], ar.model(y)[0, :4])  # default: bidirectional
     ar.run(progress=False)
     assert "val_ar" in ar.history[-1]
     mdm = Trainer(
