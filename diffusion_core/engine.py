@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .expand_sampler import expand_sample
 from .families import FamilySpec
 from .interface import Cancelled, Completion, InfillRequest, SamplingOptions
 from .sampler import Canvas, sample_batch
@@ -76,6 +77,9 @@ class Engine:
         return self._runner
 
     def _sample(self, canvases: list[Canvas], opts: SamplingOptions, cancel: CancelCheck | None):  # noqa: ANN202
+        if self.family.expand_id is not None and opts.variable_length and not opts.length_ensemble:
+            # the canvas changes length every step: one canvas at a time, eager forwards
+            return [expand_sample(self.model, self.family, c, opts, cancel) for c in canvases]
         try:
             return sample_batch(self.runner, self.family, canvases, opts, cancel=cancel)
         except (RuntimeError, NotImplementedError) as e:

@@ -25,7 +25,7 @@ class FamilySpec:
     begin_ids: tuple[int, ...] = ()  # placed before the prefix
     end_ids: tuple[int, ...] = ()  # placed after the suffix
     special_ids: frozenset[int] = field(default_factory=frozenset)  # never appear in returned text
-    expand_id: int | None = None  # DreamOn's <|expand|> (recorded; not used for decoding yet)
+    expand_id: int | None = None  # DreamOn's <|expand|>: variable-length decoding (expand_sampler.py)
 
 
 def make_spec(

@@ -35,6 +35,10 @@ class SamplingOptions:
     cache: str = "dual"  # "dual" (DualCache) | "none" (full forward every step)
     refresh_every: int = 0  # with "dual": also refresh the whole cache every N steps of a block (0 = never)
     steps_per_block: int | None = None  # fixed forwards per block (benchmarks); overrides tau
+    # families with an expand token (DreamOn): start from `initial_masks` masks and let the model
+    # grow (<|expand|>) or shrink (end token) the middle up to max_tokens instead of a fixed count
+    variable_length: bool = True
+    initial_masks: int = 4
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.quality <= 1.0:
@@ -49,6 +53,8 @@ class SamplingOptions:
             raise ValueError("cache must be 'dual' or 'none'")
         if self.steps_per_block is not None and self.steps_per_block < 1:
             raise ValueError("steps_per_block must be >= 1")
+        if self.initial_masks < 1:
+            raise ValueError("initial_masks must be >= 1")
         if self.refresh_every < 0:
             raise ValueError("refresh_every must be >= 0")
 
