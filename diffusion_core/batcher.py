@@ -12,8 +12,9 @@ editor typing (each request after the previous one finished) never pays the wait
 
 Cancellation: ``Future.cancel()`` or the per-request ``cancel`` callable. Cancelled requests
 still waiting are dropped before they reach the model; a running batch is stopped (the engine
-raises ``Cancelled``) once every request in it is cancelled. Otherwise the batch finishes and a
-cancelled request's result is discarded.
+raises ``Cancelled``) once every request in it is cancelled. Otherwise the batch runs on for the
+others, and a member seen cancelled between denoising steps gets its ``Cancelled`` at once
+(its caller does not wait for the batch); its result is discarded.
 
 No HTTP or LSP imports here.
 """
@@ -248,7 +249,7 @@ class Batcher:
         try:
             try:
                 results = self.engine.infill_batch(
-                    [j.request for j in jobs], cancel=lambda: all(j.cancelled() for j in jobs)
+                    [j.request for j in jobs], cancel=lambda: self._all_cancelled(jobs)
                 )
             finally:
                 with self._cond:
@@ -279,6 +280,15 @@ class Batcher:
             if is_dataclass(res) and hasattr(res, "latency_ms"):
                 res = replace(res, latency_ms=(done - job.submitted) * 1000.0)  # includes queueing
             self._resolve(job, "completed", result=res)
+
+    def _all_cancelled(self, jobs: list[_Job]) -> bool:
+        """The engine's cancel check, polled between steps: answers each newly cancelled member
+        now, and stops the batch only when nobody is left to serve."""
+        gone = [j.cancelled() for j in jobs]
+        for job, g in zip(jobs, gone):
+            if g and not job.resolved:
+                self._finish_cancelled(job)
+        return all(gone)
 
     def _finish_cancelled(self, job: _Job) -> None:
         self._resolve(job, "cancelled", exc=Cancelled())
