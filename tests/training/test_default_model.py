@@ -38,6 +38,17 @@ def test_loads_from_the_installed_package(engine: Engine) -> None:
 
 def test_fills_a_simple_hole(engine: Engine) -> None:
     # An honest, deliberately easy hole: the trained 1.3M model gets a method's first parameter
-    # right with a one-token budget; it does not yet complete whole lines (see MODEL_CARD.md).
+    # right with a one-token budget (see MODEL_CARD.md for what it cannot do).
     c = engine.infill("class A:\n    def method(", ", x):\n        return x\n", max_tokens=1)
     assert c.text == "self"
+
+
+def test_writes_a_missing_return_line(engine: Engine) -> None:
+    # A missing early return, with the budget of the true line ("        return False\n", 4
+    # tokens). The model writes a whole return line at the right indentation and ends it; it
+    # picks the wrong value (True), which is as far as a 1.3M CPU-trained model gets.
+    prefix = "def is_prime(n):\n    if n < 2:\n"
+    suffix = "    for i in range(2, n):\n        if n % i == 0:\n            return False\n    return True\n"
+    c = engine.infill(prefix, suffix, max_tokens=4)
+    assert c.text.startswith("        return ") and c.text.endswith("\n")
+    assert c.text.count("\n") == 1
