@@ -156,6 +156,11 @@ def _ghost(nvim: Any) -> str | None:
     return text if text.strip() else None
 
 
+def _nvim_argv(nvim_bin: str, init: Path, *extra: str) -> list[str]:
+    """A headless Neovim with only the test's init.lua (no shada, no swap files)."""
+    return [nvim_bin, "--headless", "-n", "-i", "NONE", "-u", str(init), *extra]
+
+
 @pytest.fixture
 def session(request: pytest.FixtureRequest, nvim_bin: str, tiny_model: Path, tmp_path: Path):
     inline = request.param
@@ -167,18 +172,7 @@ def session(request: pytest.FixtureRequest, nvim_bin: str, tiny_model: Path, tmp
         "XDG_DATA_HOME": str(tmp_path / "data"),
     }
     # pynvim starts the child with this process's environment: pass ours through env(1).
-    argv = [
-        "env",
-        *(f"{k}={v}" for k, v in env.items()),
-        nvim_bin,
-        "--embed",
-        "--headless",
-        "-n",
-        "-i",
-        "NONE",
-        "-u",
-        str(init),
-    ]
+    argv = ["env", *(f"{k}={v}" for k, v in env.items()), *_nvim_argv(nvim_bin, init, "--embed")]
     nvim = pynvim.attach("child", argv=argv)
     try:
         yield nvim, tmp_path
@@ -356,21 +350,7 @@ def test_checkhealth(nvim_bin: str, tiny_model: Path, tmp_path: Path) -> None:
     env = editor_env()
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     proc = subprocess.run(
-        [
-            nvim_bin,
-            "--headless",
-            "-n",
-            "-i",
-            "NONE",
-            "-u",
-            str(init),
-            "-c",
-            "checkhealth diffill",
-            "-c",
-            f"write! {out}",
-            "-c",
-            "qa!",
-        ],
+        _nvim_argv(nvim_bin, init, "-c", "checkhealth diffill", "-c", f"write! {out}", "-c", "qa!"),
         capture_output=True,
         text=True,
         timeout=300,
