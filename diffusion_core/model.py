@@ -127,6 +127,7 @@ class Attention(nn.Module):
         cache: KVCache | None,
         layer: int,
         start: int,
+        causal: bool = False,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         cfg = self.cfg
@@ -142,20 +143,24 @@ class Attention(nn.Module):
         if cache is not None:
             cache.write(layer, start, k, v)
             k, v = cache.read(layer)
-        out = attention(q, k, v, attn_mask)
+        out = attention(q, k, v, attn_mask, causal)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_q))
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    causal: bool = False,
 ) -> torch.Tensor:
-    """Bidirectional grouped-query attention. q: [B, H, Tq, D]; k/v: [B, KVH, Tk, D];
-    attn_mask: bool [B, 1, 1|Tq, Tk] (True = may attend) or None."""
+    """Grouped-query attention, bidirectional unless ``causal``. q: [B, H, Tq, D]; k/v:
+    [B, KVH, Tk, D]; attn_mask: bool [B, 1, 1|Tq, Tk] (True = may attend) or None."""
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
 
 
 class MLP(nn.Module):
@@ -178,8 +183,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask, cache, layer, start):  # noqa: ANN001
-        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache, layer, start)
+    def forward(self, x, cos, sin, attn_mask, cache, layer, start, causal=False):  # noqa: ANN001
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache, layer, start, causal)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -216,7 +221,9 @@ class Transformer(nn.Module):
         key_mask: bool [B, T_total] marking the real (non-padding) keys of the whole canvas; with a
         cache, T_total is the cache length and ``input_ids`` covers ``[start, start + T)``.
         causal: each position attends only to itself and earlier ones (the next-token warm-up of
-        training; inference is always bidirectional). Eager path only, no cache.
+        training; inference is always bidirectional). Eager path only, no cache; ``key_mask`` is
+        not needed then (right padding never comes before a real token), so SDPA's fused causal
+        path runs instead of an explicit mask.
         """
         auto = self.use_kernels is None and input_ids.is_cuda and not torch.is_grad_enabled()
         if (self.use_kernels or auto) and not causal:
@@ -232,10 +239,9 @@ class Transformer(nn.Module):
         if causal:
             if cache is not None:
                 raise ValueError("causal attention is for training forwards, not cached decoding")
-            tri = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()[None, None]
-            attn_mask = tri if attn_mask is None else attn_mask & tri
+            attn_mask = None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, attn_mask, cache, i, start)
+            x = layer(x, cos, sin, attn_mask, cache, i, start, causal)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
