@@ -862,6 +862,7 @@ def save_pretrained(
             "end_tokens": [text(i) for i in family.end_ids],
             "end_token_ids": list(family.end_ids),
             "expand_token_id": family.expand_id,
+            "length_prediction": family.predicts_length,
         }
     )
     if extra:

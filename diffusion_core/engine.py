@@ -20,7 +20,8 @@ from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .expand_sampler import expand_sample
 from .families import FamilySpec
 from .interface import Cancelled, Completion, InfillRequest, SamplingOptions
-from .sampler import Canvas, sample_batch
+from .length import predict_lengths, resolve_length
+from .sampler import Canvas, SampleOutput, sample_batch
 from .tokenizer import Tokenizer
 
 __all__ = ["Cancelled", "Completion", "Engine", "InfillRequest", "SamplingOptions", "default_model_dir"]
@@ -77,9 +78,30 @@ class Engine:
         return self._runner
 
     def _sample(self, canvases: list[Canvas], opts: SamplingOptions, cancel: CancelCheck | None):  # noqa: ANN202
-        if self.family.expand_id is not None and opts.variable_length and not opts.length_ensemble:
+        length = resolve_length(opts, self.family)
+        if length == "expand":
             # the canvas changes length every step: one canvas at a time, eager forwards
             return [expand_sample(self.model, self.family, c, opts, cancel) for c in canvases]
+        opts = replace(opts, length=length)
+        if length == "predict":
+            return self._sample_predicted(canvases, opts, cancel)
+        return self._sample_fixed(canvases, opts, cancel)
+
+    def _sample_predicted(self, canvases: list[Canvas], opts: SamplingOptions, cancel: CancelCheck | None):  # noqa: ANN202
+        """One forward predicts each middle's length, then each is decoded with that many masks."""
+        if cancel is not None and cancel():
+            raise Cancelled()
+        lengths = predict_lengths(self.model, self.family, canvases)
+        todo = [i for i, n in enumerate(lengths) if n > 0]
+        outs = [SampleOutput([], 1, "eos") for _ in canvases]  # length 0: the model ends at once
+        sized = [replace(canvases[i], max_tokens=lengths[i]) for i in todo]
+        for i, out in zip(todo, self._sample_fixed(sized, opts, cancel)):
+            outs[i] = replace(out, steps=out.steps + 1)
+        return outs
+
+    def _sample_fixed(self, canvases: list[Canvas], opts: SamplingOptions, cancel: CancelCheck | None):  # noqa: ANN202
+        if not canvases:
+            return []
         try:
             return sample_batch(self.runner, self.family, canvases, opts, cancel=cancel)
         except (RuntimeError, NotImplementedError) as e:

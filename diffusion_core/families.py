@@ -26,6 +26,9 @@ class FamilySpec:
     end_ids: tuple[int, ...] = ()  # placed after the suffix
     special_ids: frozenset[int] = field(default_factory=frozenset)  # never appear in returned text
     expand_id: int | None = None  # DreamOn's <|expand|>: variable-length decoding (expand_sampler.py)
+    # trained with mask counts independent of the middle's length, so one forward predicts the
+    # length (length.py); only diffill checkpoints that say so in config.json ("length_prediction")
+    predicts_length: bool = False
 
 
 def make_spec(
@@ -38,6 +41,7 @@ def make_spec(
     end_ids: tuple[int, ...] = (),
     expand_id: int | None = None,
     tokenizer: Tokenizer | None = None,
+    predicts_length: bool = False,
 ) -> FamilySpec:
     """A FamilySpec whose ``special_ids`` cover every id that must never reach the user's text:
     the tokenizer's special tokens plus the family's own control ids."""
@@ -55,6 +59,7 @@ def make_spec(
         end_ids=tuple(end_ids),
         special_ids=frozenset(special),
         expand_id=expand_id,
+        predicts_length=predicts_length,
     )
 
 
@@ -224,8 +229,10 @@ def diffill_family(config: Mapping[str, Any], tok: Tokenizer, info: TokenizerInf
     eos = many("eos") or (one("eos", True),)
     pad = one("pad", False)
     shifted = config.get("shifted", False)
-    if not isinstance(shifted, bool):
-        raise FamilyError(f"invalid value for 'shifted' in config.json: {shifted!r} (expected bool)")
+    predicts_length = config.get("length_prediction", False)
+    for key, value in (("shifted", shifted), ("length_prediction", predicts_length)):
+        if not isinstance(value, bool):
+            raise FamilyError(f"invalid value for {key!r} in config.json: {value!r} (expected bool)")
     assert mask is not None and all(i is not None for i in eos)
     ids = tuple(int(i) for i in eos if i is not None)
     return make_spec(
@@ -238,6 +245,7 @@ def diffill_family(config: Mapping[str, Any], tok: Tokenizer, info: TokenizerInf
         end_ids=many("end"),
         expand_id=one("expand", False),
         tokenizer=tok,
+        predicts_length=predicts_length,
     )
 
 

@@ -11,9 +11,24 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["CONFIDENCE_KINDS", "Cancelled", "Completion", "InfillRequest", "SamplingOptions"]
+__all__ = [
+    "CONFIDENCE_KINDS",
+    "LENGTH_POLICIES",
+    "Cancelled",
+    "Completion",
+    "InfillRequest",
+    "SamplingOptions",
+]
 
 CONFIDENCE_KINDS = ("maxprob", "entropy", "margin")
+# How the middle's mask count is chosen (diffusion_core/length.py):
+# "fixed": max_tokens masks, the model ends early with an end token;
+# "predict": one forward with max_tokens masks predicts the length, then exactly that many masks;
+# "ensemble": try candidate_lengths in one batch, keep the candidate the model is surest of;
+# "expand": DreamOn-style growing and shrinking (families with an expand token only);
+# "auto": "expand" where the family has an expand token, "predict" where its checkpoint says it
+#   was trained for length prediction, else "fixed".
+LENGTH_POLICIES = ("auto", "fixed", "predict", "ensemble", "expand")
 
 
 class Cancelled(Exception):
@@ -30,21 +45,20 @@ class SamplingOptions:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
-    length_ensemble: bool = False
-    candidate_lengths: tuple[int, ...] = (8, 16, 32, 64)
+    length: str = "auto"  # one of LENGTH_POLICIES
+    candidate_lengths: tuple[int, ...] = (8, 16, 32, 64)  # for length="ensemble"
     cache: str = "dual"  # "dual" (DualCache) | "none" (full forward every step)
     refresh_every: int = 0  # with "dual": also refresh the whole cache every N steps of a block (0 = never)
     steps_per_block: int | None = None  # fixed forwards per block (benchmarks); overrides tau
-    # families with an expand token (DreamOn): start from `initial_masks` masks and let the model
-    # grow (<|expand|>) or shrink (end token) the middle up to max_tokens instead of a fixed count
-    variable_length: bool = True
-    initial_masks: int = 4
+    initial_masks: int = 4  # for length="expand": the middle starts this long
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.quality <= 1.0:
             raise ValueError("quality must be in [0, 1]")
         if self.block_size < 1:
             raise ValueError("block_size must be >= 1")
+        if self.length not in LENGTH_POLICIES:
+            raise ValueError(f"length must be one of {LENGTH_POLICIES}")
         if self.confidence not in CONFIDENCE_KINDS:
             raise ValueError(f"confidence must be one of {CONFIDENCE_KINDS}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:

@@ -184,11 +184,12 @@ def sample_batch(
     opts: SamplingOptions,
     cancel: CancelCheck | None = None,
 ) -> list[SampleOutput]:
-    """Fill every canvas; with ``length_ensemble`` each canvas is tried at several mask counts in
-    the same batch and the candidate the model is most confident about wins."""
+    """Fill every canvas with ``max_tokens`` masks; with ``length="ensemble"`` each canvas is
+    tried at several mask counts in the same batch and the candidate the model is most confident
+    about wins. (``"predict"`` and ``"expand"`` are the engine's: see ``length.py``.)"""
     rows: list[tuple[int, int]] = []  # (canvas index, mask count)
     for ci, c in enumerate(canvases):
-        if opts.length_ensemble:
+        if opts.length == "ensemble":
             lens = sorted({n for n in opts.candidate_lengths if 0 < n <= c.max_tokens}) or [c.max_tokens]
         else:
             lens = [c.max_tokens]
@@ -201,6 +202,24 @@ def sample_batch(
     return [best[i] for i in range(len(canvases))]
 
 
+def layout(family: FamilySpec, rows: list[tuple[Canvas, int]]) -> tuple[torch.Tensor, ...]:
+    """Batch canvases ``begin + prefix + [mask] * n + suffix + end``, left-padded so that every
+    middle starts at the same index ``m0``: ids, key mask (real tokens), RoPE positions, m0."""
+    heads = [_head(family, c.prefix) for c, _ in rows]
+    tails = [list(c.suffix) + list(family.end_ids) for c, _ in rows]
+    m0 = max(len(h) for h in heads)
+    total = m0 + max(n + len(t) for (_, n), t in zip(rows, tails))
+    ids = torch.full((len(rows), total), family.pad_id, dtype=torch.long)
+    key_mask = torch.zeros((len(rows), total), dtype=torch.bool)
+    for i, (h, t, (_, n)) in enumerate(zip(heads, tails, rows)):
+        row = h + [family.mask_id] * n + t
+        lo = m0 - len(h)
+        ids[i, lo : lo + len(row)] = torch.tensor(row, dtype=torch.long)
+        key_mask[i, lo : lo + len(row)] = True
+    positions = (key_mask.long().cumsum(-1) - 1).clamp_min(0)
+    return ids, key_mask, positions, m0
+
+
 def _sample_rows(
     model: torch.nn.Module,
     family: FamilySpec,
@@ -209,22 +228,10 @@ def _sample_rows(
     cancel: CancelCheck | None,
 ) -> list[SampleOutput]:
     device = model.head_weight.device
-    heads = [_head(family, c.prefix) for c, _ in rows]
-    tails = [list(c.suffix) + list(family.end_ids) for c, _ in rows]
     ns = [n for _, n in rows]
-    m0 = max(len(h) for h in heads)
-    max_n = max(ns)
-    total = m0 + max(n + len(t) for n, t in zip(ns, tails))
-    r = len(rows)
-
-    ids = torch.full((r, total), family.pad_id, dtype=torch.long)
-    key_mask = torch.zeros((r, total), dtype=torch.bool)
-    for i, (h, t, n) in enumerate(zip(heads, tails, ns)):
-        row = h + [family.mask_id] * n + t
-        lo = m0 - len(h)
-        ids[i, lo : lo + len(row)] = torch.tensor(row, dtype=torch.long)
-        key_mask[i, lo : lo + len(row)] = True
-    positions = (key_mask.long().cumsum(-1) - 1).clamp_min(0)
+    r, max_n = len(rows), max(ns)
+    ids, key_mask, positions, m0 = layout(family, rows)
+    total = ids.shape[1]
     in_middle = torch.arange(max_n)[None, :] < torch.tensor(ns)[:, None]  # [r, max_n]
     masked = torch.zeros((r, total), dtype=torch.bool)
     masked[:, m0 : m0 + max_n] = in_middle

@@ -159,10 +159,11 @@ def make_tiny_model_dir(path: str | Path, **cfg_overrides: Any) -> Path:
     """Write a random-weight model with the tiny tokenizer to ``path`` and return it.
 
     ``cfg_overrides`` may set any :class:`ModelConfig` field, plus ``seed`` (weights), ``shifted``
-    (family convention; default False) and ``model_id``."""
+    (family convention; default False), ``predicts_length`` (default False) and ``model_id``."""
     out = Path(path)
     seed = int(cfg_overrides.pop("seed", 0))
     shifted = bool(cfg_overrides.pop("shifted", False))
+    predicts_length = bool(cfg_overrides.pop("predicts_length", False))
     model_id = str(cfg_overrides.pop("model_id", "diffill-tiny"))
     tok = tiny_tokenizer()
     cfg_kw: dict[str, Any] = {
@@ -193,6 +194,7 @@ def make_tiny_model_dir(path: str | Path, **cfg_overrides: Any) -> Path:
         pad_id=eos,
         begin_ids=(begin,),
         tokenizer=tok,
+        predicts_length=predicts_length,
     )
     return save_pretrained(model, tok.backend, family, out, extra={"model_id": model_id})
 

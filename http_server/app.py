@@ -34,6 +34,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from diffusion_core.batcher import Batcher, BatcherClosed, Cancelled, Overloaded
 from diffusion_core.engine import Completion, InfillRequest, SamplingOptions
+from diffusion_core.interface import LENGTH_POLICIES
+from diffusion_core.length import resolve_length
 
 from .chat import ChatTemplate, ChatTemplateError
 from .schemas import ChatRequest, CompletionRequest
@@ -246,10 +248,16 @@ class _Api:
             if not 0.0 <= req.quality <= 1.0:
                 raise ApiError(400, "quality must be between 0 and 1.", param="quality")
             changes["quality"] = req.quality
-        if getattr(req, "length_ensemble", None) is not None:
-            changes["length_ensemble"] = req.length_ensemble
+        if getattr(req, "length", None) is not None:
+            if req.length not in LENGTH_POLICIES:
+                raise ApiError(400, f"length must be one of {', '.join(LENGTH_POLICIES)}.", param="length")
+            changes["length"] = req.length
         try:
-            return dataclasses.replace(self.engine.default_options, **changes)
+            opts = dataclasses.replace(self.engine.default_options, **changes)
+            family = getattr(self.engine, "family", None)
+            if family is not None:
+                resolve_length(opts, family)  # e.g. "expand" on a model without an expand token
+            return opts
         except (ValueError, TypeError) as exc:
             raise ApiError(400, f"Invalid sampling options: {exc}") from None
 

@@ -35,7 +35,7 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     best_of: int | None = None
     user: str | None = None
     quality: float | None = None  # Diffill extension: 0 = fastest, 1 = best
-    length_ensemble: bool | None = None  # Diffill extension: try several middle lengths at once
+    length: str | None = None  # Diffill extension: "auto" | "fixed" | "predict" | "ensemble" | "expand"
 
 
 class TextPart(msgspec.Struct, kw_only=True):

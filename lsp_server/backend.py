@@ -35,7 +35,7 @@ class InfillJob:
     max_tokens: int = 64
     language: str | None = None
     quality: float = 0.5
-    length_ensemble: bool = False
+    length: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class EngineBackend:
                 suffix=j.suffix,
                 max_tokens=j.max_tokens,
                 language=j.language,
-                options=self._options(quality=j.quality, length_ensemble=j.length_ensemble),
+                options=self._options(quality=j.quality, length=j.length),
             )
             for j in jobs
         ]

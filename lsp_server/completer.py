@@ -199,7 +199,7 @@ def _prepare(ctx: Context, s: Settings) -> Prepare:
             max_tokens=s.max_tokens,
             language=ctx.language or None,
             quality=s.quality,
-            length_ensemble=s.length_ensemble,
+            length=s.length,
         )
 
     return prepare

@@ -65,7 +65,7 @@ class RemoteBackend:
         max_suffix_chars: int = 16_000,
     ) -> None:
         """``model``: the id to ask for (default: the first one the server lists).
-        ``send_extensions``: also send Diffill's ``quality`` and ``length_ensemble`` fields (turn
+        ``send_extensions``: also send Diffill's ``quality`` and ``length`` fields (turn
         off for servers that reject unknown fields).
         The character caps keep request bodies under servers' size limits; the server cuts the
         context to its own token budget anyway."""
@@ -247,8 +247,8 @@ class RemoteBackend:
                 body["seed"] = o.seed
             if self.send_extensions:
                 body["quality"] = o.quality
-                if o.length_ensemble:
-                    body["length_ensemble"] = True
+                if o.length != "auto":
+                    body["length"] = o.length
         else:
             body["temperature"] = 0.0  # greedy, as the local engine's default
         return body

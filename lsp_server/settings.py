@@ -41,7 +41,10 @@ Keys (JSON name: type = default — meaning):
 - ``debounceMs``: int 0..5000 = 60 — wait after an Automatic trigger before asking the model
   (Invoked triggers never wait).
 - ``quality``: float 0..1 = 0.5 — the engine's quality/speed knob (1 = best, slowest).
-- ``lengthEnsemble``: bool = false — let the engine try several completion lengths at once.
+- ``length``: ``"auto" | "fixed" | "predict" | "ensemble" | "expand"`` = ``"auto"`` — how the
+  engine chooses the completion's length: ``auto`` lets the model predict it when it was trained to
+  (the embedded model), grows it for DreamOn, else uses ``maxTokens`` masks (``fixed``);
+  ``ensemble`` tries several lengths at once.
 - ``languages``: list[str] = ["*"] — language ids to complete; ``"*"`` means all, ``"-markdown"``
   excludes one (exclusions win).
 - ``cacheSize``: int 0..100000 = 512 — completions kept in the LRU cache (0 disables it).
@@ -83,7 +86,7 @@ class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
     extra_context_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 0
     debounce_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 60
     quality: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
-    length_ensemble: bool = False
+    length: Literal["auto", "fixed", "predict", "ensemble", "expand"] = "auto"
     languages: list[str] = msgspec.field(default_factory=lambda: ["*"])
     cache_size: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 512
     cache_ttl_s: Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)] = 600.0
@@ -124,7 +127,7 @@ class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
             self.suffix_tokens,
             self.extra_context_tokens,
             round(self.quality, 4),
-            self.length_ensemble,
+            self.length,
         )
 
     def to_json(self, redact: bool = True) -> dict[str, Any]:

@@ -131,13 +131,13 @@ def dreamon_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_family_dir(tmp_path_factory.mktemp("dreamon"), "dreamon")[0]
 
 
-def test_engine_uses_variable_length_for_dreamon(dreamon_dir: Path) -> None:
+def test_engine_grows_and_shrinks_the_middle_for_dreamon_by_default(dreamon_dir: Path) -> None:
     engine = Engine.from_pretrained(dreamon_dir)
     assert engine.family.expand_id is not None
     c = engine.infill("def f(x):\n    ", "\n", max_tokens=12)
     assert c.tokens <= 12 and c.steps >= 1
-    # with the option off the engine decodes a fixed canvas, as for the other Dream models
-    off = SamplingOptions(variable_length=False)
+    # with a fixed length the engine decodes a fixed canvas, as for the other Dream models
+    off = SamplingOptions(length="fixed")
     fixed = engine.infill("def f(x):\n    ", "\n", max_tokens=12, options=off)
     p, s = engine.fit_context("def f(x):\n    ", "\n")
     ref = sample_batch(engine.model, engine.family, [Canvas(p, s, 12)], SamplingOptions())[0]

@@ -108,7 +108,7 @@ def test_batched_sampler_matches_reference(tiny: Transformer, shifted: bool, opt
 @pytest.mark.parametrize("shifted", [False, True])
 def test_prefix_and_suffix_never_change_and_limits_hold(tiny: Transformer, shifted: bool) -> None:
     fam = family(shifted)
-    for opts in (SamplingOptions(block_size=8), SamplingOptions(length_ensemble=True)):
+    for opts in (SamplingOptions(block_size=8), SamplingOptions(length="ensemble")):
         for canvas, out in zip(CANVASES, sample_batch(tiny, fam, CANVASES, opts)):
             head = [BEGIN, *canvas.prefix]
             assert out.canvas[: len(head)] == head
@@ -215,7 +215,7 @@ def test_length_ensemble_picks_the_length_the_model_is_sure_of() -> None:
         conf[p] = 0.2
     # suffix sits right after the middle; a canvas with more masks pushes it later
     model = PositionOracle(table, conf)
-    opts = SamplingOptions(length_ensemble=True, candidate_lengths=(8, 16, 32))
+    opts = SamplingOptions(length="ensemble", candidate_lengths=(8, 16, 32))
     out = sample_batch(model, family(False), [Canvas([2], [], 32)], opts)[0]
     assert out.tokens == table[m0 : m0 + 8]
     fixed = sample_batch(model, family(False), [Canvas([2], [], 32)], SamplingOptions())[0]

@@ -15,7 +15,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="masked middle length (default 64)")
     p.add_argument("--quality", type=float, default=0.5, help="0 = fastest, 1 = best (default 0.5)")
     p.add_argument("--block-size", type=int, default=32)
-    p.add_argument("--length-ensemble", action="store_true", help="try several middle lengths at once")
+    p.add_argument(
+        "--length",
+        choices=["auto", "fixed", "predict", "ensemble", "expand"],
+        default="auto",
+        help="how the middle's length is chosen (default auto: what the model was trained for)",
+    )
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int)
@@ -27,7 +32,7 @@ def sampling_options(args: argparse.Namespace):  # noqa: ANN201
     return SamplingOptions(
         quality=args.quality,
         block_size=args.block_size,
-        length_ensemble=args.length_ensemble,
+        length=args.length,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,

@@ -31,10 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--length",
         default="fixed",
-        choices=["fixed", "ensemble", "oracle"],
-        help="mask-count policy: fixed --max-tokens, the sampler's length ensemble, or the true length",
+        choices=["fixed", "predict", "ensemble", "oracle"],
+        help="mask-count policy: fixed --max-tokens, predicted by the model from --max-tokens masks, "
+        "the sampler's length ensemble, or the true length",
     )
-    p.add_argument("--max-tokens", type=int, default=32, help="mask count for --length fixed (default 32)")
+    p.add_argument(
+        "--max-tokens", type=int, default=32, help="mask count for --length fixed / predict (default 32)"
+    )
     p.add_argument("--quality", type=float, default=1.0, help="sampler quality (default 1: best)")
     p.add_argument(
         "--samples", metavar="FILE", help="score this {task_id, completion} jsonl instead of generating"
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             options=SamplingOptions(quality=args.quality),
         )
         settings.update(model=engine.model_id, length=args.length, quality=args.quality)
-        if args.length == "fixed":
+        if args.length in ("fixed", "predict"):
             settings["max_tokens"] = args.max_tokens
         if args.save_samples:
             write_samples(args.save_samples, completions, info)

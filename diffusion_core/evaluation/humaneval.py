@@ -204,19 +204,19 @@ def generate(
 ) -> tuple[dict[str, str], dict[str, dict]]:
     """Greedy completions for ``problems`` with one length policy.
 
-    ``fixed``: ``max_tokens`` masks, the model ends early with eos; ``ensemble``: the sampler's
-    length-ensemble decoding; ``oracle``: exactly as many masks as the true middle has tokens
-    (an upper bound on what length handling can give).
+    ``fixed``: ``max_tokens`` masks, the model ends early with eos; ``predict``: the model
+    predicts the length from ``max_tokens`` masks (``diffusion_core/length.py``); ``ensemble``: the
+    sampler's length-ensemble decoding; ``oracle``: exactly as many masks as the true middle has
+    tokens (an upper bound on what length handling can give).
     """
     from dataclasses import replace
 
     from ..sampler import SamplingOptions
 
-    base = options or SamplingOptions()
-    if length == "ensemble":
-        base = replace(base, length_ensemble=True)
-    elif length not in ("fixed", "oracle"):
+    if length not in ("fixed", "predict", "ensemble", "oracle"):
         raise ValueError(f"unknown length policy {length!r}")
+    # the oracle's mask count is exact: decode it as a fixed count
+    base = replace(options or SamplingOptions(), length="fixed" if length == "oracle" else length)
     completions: dict[str, str] = {}
     info: dict[str, dict] = {}
     problems = list(problems)

@@ -57,6 +57,12 @@ class TrainConfig:
     batch_size: int = 16
     fim_rate: float = 0.7
     full_mask_rate: float = 0.25  # FIM examples whose whole middle is masked (the first denoising step)
+    # how a FIM example's mask count relates to its middle's length: "independent" draws the count
+    # from MASK_BUCKETS regardless of the middle (a middle longer than the count is redrawn), so the
+    # count says nothing about where the middle ends; "coupled" (phases 2-3 of the shipped model)
+    # used the next bucket up or a small overshoot, which taught the model that 64 masks mean a
+    # 32-64-token middle
+    mask_counts: str = "independent"
     eps: float = 1e-3
     objective: str = "mdm"  # "mdm" (masked diffusion + FIM) | "ar" (causal next-token warm-up)
     shifted: bool = False  # Dream-style: token j is read from output j-1 (keeps an AR warm-up's head)
@@ -111,6 +117,8 @@ class ExampleMaker:
         self.tok = tok
         self.seq_len = seq_len
         self.cfg = cfg
+        if cfg.mask_counts not in ("independent", "coupled"):
+            raise ValueError(f"mask_counts must be 'independent' or 'coupled', not {cfg.mask_counts!r}")
         self.eos = tok.token_to_id(EOS)
         self.mask = tok.token_to_id(MASK)
         self.begin = tok.token_to_id(BEGIN)
@@ -192,7 +200,11 @@ class ExampleMaker:
         m = len(middle)
         r = rng.random()
         if r < 0.3:
-            n = m  # oracle length: the span ends by length, no eos
+            n = m  # exact length: the span ends by length, no eos
+        elif self.cfg.mask_counts == "independent":
+            n = int(rng.choice(MASK_BUCKETS))
+            if n < m:
+                return None  # rejected, not shortened: P(middle length | count) stays the data's
         elif r < 0.7:
             n = next(x for x in MASK_BUCKETS if x >= m)
         else:
@@ -353,7 +365,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return torch.load(p, map_location="cpu", weights_only=False)["model"]
 
 
-def family_for(tok: Backend, shifted: bool = False):  # noqa: ANN201 - FamilySpec, imported lazily
+def family_for(tok: Backend, shifted: bool = False, predicts_length: bool = False):  # noqa: ANN201 - FamilySpec
     from ..families import make_spec
     from ..tokenizer import Tokenizer
 
@@ -365,6 +377,7 @@ def family_for(tok: Backend, shifted: bool = False):  # noqa: ANN201 - FamilySpe
         pad_id=tok.token_to_id(EOS),
         begin_ids=(tok.token_to_id(BEGIN),),
         tokenizer=Tokenizer(tok),
+        predicts_length=predicts_length,
     )
 
 
@@ -453,10 +466,20 @@ class Trainer:
         model = self.model.to("cpu").float()
         try:
             return save_pretrained(
-                model, self.tok, family_for(self.tok, self.cfg.shifted), out_dir, extra=info
+                model,
+                self.tok,
+                family_for(self.tok, self.cfg.shifted, self.predicts_length),
+                out_dir,
+                extra=info,
             )
         finally:
             self.model.to(self.device)
+
+    @property
+    def predicts_length(self) -> bool:
+        """Whether the exported model can predict its middle's length (diffusion_core/length.py)."""
+        c = self.cfg
+        return c.objective == "mdm" and c.fim_rate > 0 and c.mask_counts == "independent"
 
     # ---- steps
     @property

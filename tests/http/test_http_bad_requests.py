@@ -65,6 +65,8 @@ def assert_error(r: httpx.Response, status: int, param: str | None = None) -> di
         (b'{"prompt": "x", "temperature": 3}', "temperature"),
         (b'{"prompt": "x", "top_p": 0}', "top_p"),
         (b'{"prompt": "x", "quality": 2}', "quality"),
+        (b'{"prompt": "x", "length": "longest"}', "length"),
+        (b'{"prompt": "x", "length": "expand"}', None),  # the model has no expand token
         (b'{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', "stop"),
         (b'{"prompt": []}', "prompt"),
     ],

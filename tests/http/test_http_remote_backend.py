@@ -125,7 +125,7 @@ def test_plugs_into_the_language_server_backend_seam(server: LiveServer, engine:
 
     jobs = [
         InfillJob("def fibonacci(n: int) -> int:\n    return ", "\n", max_tokens=8, quality=0.5),
-        InfillJob("import ", "\n", max_tokens=6, quality=0.5, length_ensemble=True),
+        InfillJob("import ", "\n", max_tokens=6, quality=0.5, length="ensemble"),
     ]
     local = EngineBackend(engine).infill_batch(jobs)
     remote = EngineBackend(RemoteBackend(server.url))

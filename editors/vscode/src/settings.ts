@@ -24,7 +24,7 @@ export const SERVER_KEYS = [
     'extraContextTokens',
     'debounceMs',
     'quality',
-    'lengthEnsemble',
+    'length',
     'languages',
     'cacheSize',
     'cacheTtlS',
