@@ -85,6 +85,38 @@ def test_fim_canvas_layout(tok_path: Path, tmp_path: Path) -> None:
     assert seen_eos
 
 
+def _count_and_length(maker: ExampleMaker, seed: int) -> list[tuple[int, int]]:
+    """(mask count, middle length) of FIM examples whose middle is fully masked."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(400):
+        ex = maker.fim(rng)
+        if ex is None:
+            continue
+        sup = [i for i, w in enumerate(ex.weights) if w > 0]
+        region = ex.targets[sup[0] : sup[-1] + 1]
+        m = region.index(maker.eos) if maker.eos in region else len(region)
+        out.append((len(region), m))
+    return out
+
+
+def test_independent_mask_counts_do_not_tell_the_model_the_length(tok_path: Path, tmp_path: Path) -> None:
+    # the length predictor (diffusion_core/length.py) reads the model's end probabilities under a
+    # 64-mask canvas: that only measures the context if 64 masks occur with short middles too
+    runs = {}
+    for policy in ("independent", "coupled"):
+        cfg = tiny_cfg(tok_path, tmp_path / policy, full_mask_rate=1.0, mask_counts=policy)
+        trainer = Trainer(cfg, texts=TEXTS, val_texts=TEXTS[:4])
+        runs[policy] = (_count_and_length(trainer.maker, 0), trainer.predicts_length)
+    pairs, predicts = runs["independent"]
+    assert predicts and {n for n, _ in pairs} >= {8, 16, 32, 64}
+    assert any(m <= 8 for n, m in pairs if n == 64), "short middles under the largest mask count"
+    pairs, predicts = runs["coupled"]
+    assert not predicts and all(n <= 2 * m + 8 for n, m in pairs)
+    with pytest.raises(ValueError, match="mask_counts"):
+        Trainer(tiny_cfg(tok_path, tmp_path / "x", mask_counts="sometimes"), texts=TEXTS, val_texts=[])
+
+
 def test_one_step_lowers_loss_on_fixed_batch(tok_path: Path, tmp_path: Path) -> None:
     trainer = Trainer(tiny_cfg(tok_path, tmp_path), texts=TEXTS, val_texts=TEXTS[:4])
     batch = batch_for_step(trainer.maker, 0, 0, 4)
@@ -120,6 +152,7 @@ def test_run_saves_loadable_checkpoint(tok_path: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(tmp_path / "model")
     assert ckpt.family.mask_id == 1 and ckpt.family.eos_ids == (0,) and ckpt.family.begin_ids == (2,)
     assert not ckpt.family.shifted
+    assert ckpt.family.predicts_length  # trained with independent mask counts
     for k, v in trainer.model.state_dict().items():
         assert torch.equal(ckpt.model.state_dict()[k], v)
 
