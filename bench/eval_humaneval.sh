@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# HumanEval-Infilling pass@1 of a model with the three mask-length policies (fixed / length
-# ensemble / oracle), both subsets, plus the empty-completion control; one JSON per run in $RESULTS.
+# HumanEval-Infilling pass@1 of a model with the four mask-length policies (fixed / predicted /
+# length ensemble / oracle), both subsets, plus the empty-completion control; one JSON per run in $RESULTS.
 #   bash bench/eval_humaneval.sh [MODEL_DIR] [SINGLE_LINE_LIMIT] [RANDOM_SPAN_LIMIT]
 # MODEL_DIR empty = the embedded default model; limits 0 = every problem.
 set -euo pipefail
@@ -21,6 +21,7 @@ python3 -m diffill.cli eval humaneval-infilling --subset single-line --control e
 for subset in single-line random-span-light; do
   limit=$SL_LIMIT; [ "$subset" = random-span-light ] && limit=$RS_LIMIT
   run "$subset" "$limit" fixed 32
+  run "$subset" "$limit" predict 64
   run "$subset" "$limit" ensemble 64
   run "$subset" "$limit" oracle 0
 done

@@ -216,6 +216,7 @@ class Engine:
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "shifted_logits": self.family.shifted,
+            "length_policy": resolve_length(self.default_options, self.family),
             "mask_id": self.family.mask_id,
             "eos_ids": list(self.family.eos_ids),
             "pad_id": self.family.pad_id,

@@ -30,6 +30,13 @@ class FamilySpec:
     # length (length.py); only diffill checkpoints that say so in config.json ("length_prediction")
     predicts_length: bool = False
 
+    @property
+    def native_length(self) -> str:
+        """The length policy this family was trained for (what ``length="auto"`` decodes with)."""
+        if self.expand_id is not None:
+            return "expand"
+        return "predict" if self.predicts_length else "fixed"
+
 
 def make_spec(
     name: str,

@@ -260,6 +260,7 @@ def test_info_command_text_and_json(tiny_dir: Path, capsys: pytest.CaptureFixtur
     assert data["special_tokens"]["mask"] == {"id": ck.family.mask_id, "token": MASK_TOKEN}
     assert [e["id"] for e in data["special_tokens"]["eos"]] == list(ck.family.eos_ids)
     assert data["shifted_logits"] is False and data["family"] == "diffill"
+    assert data["length_policy"] == "fixed"  # the tiny model was not trained to predict its length
 
 
 def test_info_command_reports_broken_dirs(

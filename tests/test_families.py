@@ -520,4 +520,5 @@ def test_engine_loads_a_family_dir(family_dirs: dict) -> None:
     eng = Engine.from_pretrained(d)
     info = eng.info()
     assert info["family"] == "dream" and info["shifted_logits"] is True
+    assert info["length_policy"] == "expand"
     assert info["mask_id"] == eng.tokenizer.token_to_id("<|mask|>")

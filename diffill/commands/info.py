@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         f"family:      {s['family']}  (layout {s['layout']}, "
         + ("shifted logits" if s["shifted_logits"] else "unshifted logits")
         + ")",
+        f"length:      {s['length_policy']} (what length=auto decodes with)",
         f"parameters:  {s['parameters']:,} ({_human(s['parameters'])})",
         f"dtype:       stored {s['stored_dtype']}, loads as {s['load_dtype']} on {s['load_device']}",
         f"shape:       {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, "
