@@ -686,11 +686,7 @@ class CheckpointInfo:
             "family": f.name,
             "layout": self.layout,
             "shifted_logits": f.shifted,
-            "length_policy": "expand"
-            if f.expand_id is not None
-            else "predict"
-            if f.predicts_length
-            else "fixed",
+            "length_policy": f.native_length,
             "parameters": self.parameters,
             "stored_dtype": self.stored_dtype,
             "vocab_size": self.config.vocab_size,

@@ -29,9 +29,7 @@ __all__ = ["end_probabilities", "predict_lengths", "resolve_length"]
 def resolve_length(opts: SamplingOptions, family: FamilySpec) -> str:
     """The length policy a request runs with ("auto" made concrete for this model)."""
     if opts.length == "auto":
-        if family.expand_id is not None:
-            return "expand"
-        return "predict" if family.predicts_length else "fixed"
+        return family.native_length
     if opts.length == "expand" and family.expand_id is None:
         raise ValueError(
             f"length='expand' needs a model with an expand token (DreamOn); {family.name!r} has none"
