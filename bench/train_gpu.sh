@@ -28,15 +28,20 @@ echo "corpus built in $(( $(date +%s) - t0 ))s: $(python3 -c "import json;s=json
 # ~14M parameters (d=384, 8 layers, GQA 6/2 heads). Two phases, as measured on the CPU (see the
 # model card): a causal next-token warm-up teaches the network to use context ~20x faster than
 # masked diffusion from scratch, then Dream-style shifted masked diffusion + FIM canvases.
-ARCH="--hidden-size 384 --num-layers 8 --num-heads 6 --num-kv-heads 2 --intermediate-size 1024"
-COMMON="--data $WORK/corpus --tokenizer $TOKENIZER --train-mb $CORPUS_MB --workers 12 --no-progress"
+# ARCH / BATCH / WORKERS / EVAL_EXAMPLES are overridable only for a CPU dry run of this script.
+# The diffusion phase draws FIM mask counts independently of the middle's length (the default
+# --mask-counts independent), so the exported model predicts its completion's length (length=auto).
+ARCH=${ARCH:-"--hidden-size 384 --num-layers 8 --num-heads 6 --num-kv-heads 2 --intermediate-size 1024"}
+BATCH=${BATCH:-64}
+EVAL_EXAMPLES=${EVAL_EXAMPLES:-256}
+COMMON="--data $WORK/corpus --tokenizer $TOKENIZER --train-mb $CORPUS_MB --workers ${WORKERS:-12} --no-progress"
 python3 -m diffill.cli train $COMMON $ARCH --out "$WORK/ar" --objective ar --shifted true \
-  --seq-len 512 --batch-size 64 --steps 30000 --lr 2e-3 --warmup 200 --eval-every 500 --save-every 1000 \
-  --eval-examples 128 --max-minutes "$AR_MIN" > "$WORK/ar.log" 2>&1 || { tail -30 "$WORK/ar.log"; exit 1; }
+  --seq-len 512 --batch-size "$BATCH" --steps 30000 --lr 2e-3 --warmup 200 --eval-every 500 --save-every 1000 \
+  --eval-examples "$EVAL_EXAMPLES" --max-minutes "$AR_MIN" > "$WORK/ar.log" 2>&1 || { tail -30 "$WORK/ar.log"; exit 1; }
 tail -1 "$WORK/ar/log.jsonl"
 python3 -m diffill.cli train $COMMON $ARCH --out "$WORK/run" --init-from "$WORK/ar/state.pt" --shifted true \
-  --seq-len 512 --batch-size 64 --steps 30000 --lr 1e-3 --warmup 100 --fim-rate 0.6 --eps 0.1 \
-  --eval-every 500 --save-every 1000 --eval-examples 256 \
+  --seq-len 512 --batch-size "$BATCH" --steps 30000 --lr 1e-3 --warmup 100 --fim-rate 0.6 --eps 0.1 \
+  --eval-every 500 --save-every 1000 --eval-examples "$EVAL_EXAMPLES" \
   --max-minutes "$TRAIN_MIN" > "$WORK/train.log" 2>&1 || { tail -30 "$WORK/train.log"; exit 1; }
 tail -3 "$WORK/run/log.jsonl"
 
