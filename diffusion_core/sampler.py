@@ -202,7 +202,9 @@ def sample_batch(
     return [best[i] for i in range(len(canvases))]
 
 
-def layout(family: FamilySpec, rows: list[tuple[Canvas, int]]) -> tuple[torch.Tensor, ...]:
+def layout(
+    family: FamilySpec, rows: list[tuple[Canvas, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Batch canvases ``begin + prefix + [mask] * n + suffix + end``, left-padded so that every
     middle starts at the same index ``m0``: ids, key mask (real tokens), RoPE positions, m0."""
     heads = [_head(family, c.prefix) for c, _ in rows]
