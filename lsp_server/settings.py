@@ -42,9 +42,10 @@ Keys (JSON name: type = default — meaning):
   (Invoked triggers never wait).
 - ``quality``: float 0..1 = 0.5 — the engine's quality/speed knob (1 = best, slowest).
 - ``length``: ``"auto" | "fixed" | "predict" | "ensemble" | "expand"`` = ``"auto"`` — how the
-  engine chooses the completion's length: ``auto`` lets the model predict it when it was trained to
-  (the embedded model), grows it for DreamOn, else uses ``maxTokens`` masks (``fixed``);
-  ``ensemble`` tries several lengths at once.
+  engine chooses the completion's length: ``auto`` lets the model predict it when its checkpoint
+  says it was trained to (``"length_prediction": true``), grows it for DreamOn, else uses
+  ``maxTokens`` masks (``fixed``, also what the embedded model gets); ``ensemble`` tries several
+  lengths at once; ``expand`` on a model without an expand token is an error.
 - ``languages``: list[str] = ["*"] — language ids to complete; ``"*"`` means all, ``"-markdown"``
   excludes one (exclusions win).
 - ``cacheSize``: int 0..100000 = 512 — completions kept in the LRU cache (0 disables it).
