@@ -45,9 +45,18 @@ class Completer:
     """The completion pipeline; owns the cache, typed-through state and the ring buffer."""
 
     def __init__(
-        self, store: DocumentStore, worker: EngineWorker, stats: Stats, settings: Callable[[], Settings]
+        self,
+        store: DocumentStore,
+        worker: EngineWorker,
+        stats: Stats,
+        settings: Callable[[], Settings],
+        report: Callable[[str], None] | None = None,
     ) -> None:
+        """``report`` shows the user a failed completion's error (each distinct one once per
+        model and settings), so a setting the model cannot honour does not fail in silence."""
         self.store = store
+        self._report = report
+        self._reported: set[str] = set()
         self.worker = worker
         self.stats = stats
         self.scheduler = Scheduler(worker, stats)
@@ -62,11 +71,13 @@ class Completer:
 
     def configure(self, settings: Settings) -> None:
         self.cache.configure(settings.cache_size, settings.cache_ttl_s)
+        self._reported.clear()
 
     def model_changed(self) -> None:
         """A new model answers differently: forget what the old one said."""
         self.cache.clear()
         self._prefetched.clear()
+        self._reported.clear()
 
     # ---------------------------------------------------------------- document events
     def opened(self, uri: str) -> None:
@@ -138,8 +149,12 @@ class Completer:
                 raw = await self.scheduler.run(uri, key, _prepare(ctx, s), debounce)
             except NotReady:
                 return None
-            except Exception:  # noqa: BLE001 - a model error is logged; the editor just gets nothing
+            except Exception as exc:  # noqa: BLE001 - a model error is logged and shown once; no item
                 log.exception("completion failed for %s", uri)
+                message = str(exc) or type(exc).__name__
+                if self._report is not None and message not in self._reported:
+                    self._reported.add(message)
+                    self._report(message)
                 return None
             if raw is None:
                 return None

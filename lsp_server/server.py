@@ -162,7 +162,9 @@ class DiffillServer(LanguageServer):
         self.stats = Stats()
         self.store = DocumentStore()
         self.worker = EngineWorker(self.stats, factory)
-        self.completer = Completer(self.store, self.worker, self.stats, lambda: self.settings)
+        self.completer = Completer(
+            self.store, self.worker, self.stats, lambda: self.settings, report=self._completion_failed
+        )
         self.exit_code: int | None = None
         self._tasks: set[asyncio.Task] = set()
         self._loaded_key: tuple | None = None
@@ -219,6 +221,13 @@ class DiffillServer(LanguageServer):
             )
         if self._loaded_key is not None and self.model_args() != self._loaded_key:
             self.spawn(self.load_model())
+
+    def _completion_failed(self, error: str) -> None:
+        self.window_show_message(
+            types.ShowMessageParams(
+                type=types.MessageType.Warning, message=f"Diffill: completion failed: {error}"
+            )
+        )
 
     def send_status(self) -> None:
         self.protocol.notify(

@@ -45,7 +45,7 @@ Keys (JSON name: type = default — meaning):
   engine chooses the completion's length: ``auto`` lets the model predict it when its checkpoint
   says it was trained to (``"length_prediction": true``), grows it for DreamOn, else uses
   ``maxTokens`` masks (``fixed``, also what the embedded model gets); ``ensemble`` tries several
-  lengths at once; ``expand`` on a model without an expand token is an error.
+  lengths at once; ``expand`` on a model without an expand token is an error (shown once).
 - ``languages``: list[str] = ["*"] — language ids to complete; ``"*"`` means all, ``"-markdown"``
   excludes one (exclusions win).
 - ``cacheSize``: int 0..100000 = 512 — completions kept in the LRU cache (0 disables it).

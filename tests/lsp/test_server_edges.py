@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from lsprotocol import types
@@ -135,6 +136,36 @@ def test_model_load_failure_is_shown_once_and_the_server_stays_up(tmp_path: Path
             types.DidChangeConfigurationParams(settings={"diffill": {"modelPath": str(tiny_model)}}),
         )
         assert lsp.wait_state("ready")["modelId"] == "diffill-tiny"
+    finally:
+        assert lsp.close() == 0
+
+
+def test_a_setting_the_model_cannot_honour_is_shown_once_and_fixing_it_recovers(tiny_model: Path):
+    # length "expand" needs a DreamOn checkpoint; the tiny model has no expand token
+    lsp = LspSession(["--model", str(tiny_model)])
+    try:
+        lsp.initialize(init_options={"diffill": {"debounceMs": 0, "prefetch": False, "length": "expand"}})
+        lsp.wait_state("ready")
+        uri = "file:///work/len.py"
+        lsp.open(uri, "def add(a, b):\n    return \n")
+        for _ in range(2):
+            assert list(lsp.inline(uri, 1, 11).items) == []
+        shown = [p for m, p in lsp.notifications if m == types.WINDOW_SHOW_MESSAGE]
+        assert len(shown) == 1 and shown[0].type == types.MessageType.Warning
+        assert "expand token" in shown[0].message
+        lsp.notify(
+            types.WORKSPACE_DID_CHANGE_CONFIGURATION,
+            types.DidChangeConfigurationParams(settings={"diffill": {"length": "fixed"}}),
+        )
+        deadline = time.monotonic() + 30
+        while lsp.stats()["settings"]["length"] != "fixed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = lsp.stats()
+        assert before["errors"] >= 1
+        lsp.inline(uri, 1, 11)  # answered by the model now (the tiny model may well write nothing)
+        after = lsp.stats()
+        assert after["modelCalls"] > before["modelCalls"] and after["errors"] == before["errors"]
+        assert len([m for m, _ in lsp.notifications if m == types.WINDOW_SHOW_MESSAGE]) == 1
     finally:
         assert lsp.close() == 0
 
