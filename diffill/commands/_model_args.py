@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffusion_core.interface import LENGTH_POLICIES  # torch-free
+
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded model)")
@@ -17,7 +19,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=32)
     p.add_argument(
         "--length",
-        choices=["auto", "fixed", "predict", "ensemble", "expand"],
+        choices=LENGTH_POLICIES,
         default="auto",
         help="how the middle's length is chosen (default auto: what the model was trained for)",
     )
