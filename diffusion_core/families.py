@@ -29,6 +29,9 @@ class FamilySpec:
     # trained with mask counts independent of the middle's length, so one forward predicts the
     # length (length.py); only diffill checkpoints that say so in config.json ("length_prediction")
     predicts_length: bool = False
+    # (<|fim_prefix|>, <|fim_suffix|>, <|fim_middle|>) for a causal model whose context is its own
+    # FIM prompt and whose middle is denoised by an adapter (Diffill-Coder, diffusion_core/coder/)
+    fim_ids: tuple[int, int, int] | None = None
 
     @property
     def native_length(self) -> str:

@@ -1,0 +1,45 @@
+"""The ``diffill-coder`` family: Qwen2.5-Coder's own FIM tokens, a mask in an unused vocabulary
+row, and the tokens that end a middle."""
+
+from __future__ import annotations
+
+from ..families import FamilySpec, make_spec
+from ..tokenizer import Tokenizer
+
+__all__ = ["END_TOKEN", "FIM_TOKENS", "coder_family", "fim_token_ids"]
+
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+END_TOKEN = "<|endoftext|>"  # what the adapter is trained to put after the middle
+# the base itself sometimes closes a middle with one of these; any of them ends the completion
+OTHER_ENDS = ("<|im_end|>", "<|fim_pad|>", "<|file_sep|>")
+
+
+def fim_token_ids(tok: Tokenizer) -> tuple[int, int, int]:
+    ids = tuple(tok.token_to_id(t) for t in FIM_TOKENS)
+    if any(i is None for i in ids):
+        missing = [t for t, i in zip(FIM_TOKENS, ids) if i is None]
+        raise ValueError(
+            f"the base tokenizer lacks the FIM tokens {missing} (not a Qwen2.5-Coder tokenizer?)"
+        )
+    return ids  # type: ignore[return-value]
+
+
+def coder_family(tok: Tokenizer, mask_id: int, vocab_size: int) -> FamilySpec:
+    """The spec the engine and sampler use. Vocabulary rows past the tokenizer (Qwen2.5 pads its
+    embedding to 151,936 rows; they were never trained) are special: never committed, never shown."""
+    end = tok.token_to_id(END_TOKEN)
+    if end is None:
+        raise ValueError(f"the base tokenizer lacks {END_TOKEN!r}")
+    others = [i for t in OTHER_ENDS if (i := tok.token_to_id(t)) is not None]
+    spec = make_spec(
+        "diffill-coder",
+        shifted=True,
+        mask_id=mask_id,
+        eos_ids=(end, *others),
+        pad_id=end,
+        tokenizer=tok,
+    )
+    padding = frozenset(range(tok.vocab_size, vocab_size))
+    spec.special_ids = spec.special_ids | padding
+    spec.fim_ids = fim_token_ids(tok)
+    return spec

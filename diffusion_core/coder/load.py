@@ -1,0 +1,144 @@
+"""Load Diffill-Coder: the base (cache or ``--base DIR``) plus the adapter directory.
+
+An adapter directory is recognised by ``"model_type": "diffill-coder"`` in its config.json; it
+holds no base weights, only the adapter, so the same loader serves the shipped adapter and any
+retrained one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import CheckpointError, load_model, load_tokenizer, read_config, resolve_device
+from ..families import FamilySpec
+from ..model import Transformer
+from ..tokenizer import Tokenizer
+from .adapter import Adapter, AdapterError, load_adapter
+from .family import coder_family
+
+__all__ = [
+    "CODER_MODEL_TYPE",
+    "LoadedCoder",
+    "coder_weights_dir",
+    "is_coder_dir",
+    "load_coder",
+    "resolve_base",
+]
+
+CODER_MODEL_TYPE = "diffill-coder"
+# what an adapter records of the base it was trained on (and a --base directory must match)
+SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+
+
+def coder_weights_dir() -> Path:
+    """The adapter that ships inside the package (the default model)."""
+    return Path(__file__).resolve().parent / "weights"
+
+
+def is_coder_dir(path: str | Path) -> bool:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") == CODER_MODEL_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclass
+class LoadedCoder:
+    model: Transformer
+    adapter: Adapter
+    tokenizer: Tokenizer
+    family: FamilySpec
+    model_id: str
+    device: torch.device
+    dtype: torch.dtype
+    window: int
+    base_dir: Path
+    adapter_dir: Path
+    config: dict[str, Any]
+
+
+def coder_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA; on the CPU bf16 where it measures faster than fp32 (AMX), else fp32."""
+    from ..checkpoint import resolve_dtype
+
+    if dtype is not None or device.type != "cpu":
+        return resolve_dtype(dtype, device)
+    from ..runtime import bf16_is_faster
+
+    return torch.bfloat16 if bf16_is_faster() else torch.float32
+
+
+def resolve_base(base: str | Path | None, progress: bool = True) -> Path:
+    """The base directory: the user's upstream directory when given (or ``$DIFFILL_BASE``), else
+    the converted cache (built on first use)."""
+    base = base or os.environ.get("DIFFILL_BASE") or None
+    if base is None:
+        from .base import ensure_base
+
+        return ensure_base(progress)
+    root = Path(base)
+    cfg = read_config(root)
+    if str(cfg.get("model_type", "")).lower() != "qwen2":
+        raise CheckpointError(
+            f"base {root}: model_type {cfg.get('model_type')!r} is not qwen2 (Qwen2.5-Coder)"
+        )
+    return root
+
+
+def base_shape(model: Transformer) -> dict[str, int]:
+    return {k: getattr(model.cfg, k) for k in SHAPE_KEYS}
+
+
+def load_coder(
+    adapter_dir: str | Path,
+    base: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: bool = True,
+) -> LoadedCoder:
+    adapter_dir = Path(adapter_dir)
+    cfg = read_config(adapter_dir)
+    dev = resolve_device(device)
+    dt = coder_dtype(dtype, dev)
+    base_dir = resolve_base(base, progress)
+    model = load_model(base_dir, device=dev, dtype=dt, layout="qwen2")
+    want = (cfg.get("base") or {}).get("shape")
+    if isinstance(want, dict) and want != base_shape(model):
+        raise CheckpointError(
+            f"the adapter in {adapter_dir} was trained on a base of shape {want}, but {base_dir} has "
+            f"{base_shape(model)} (Diffill-Coder needs a Qwen2.5-Coder-0.5B or -0.5B-Instruct base)"
+        )
+    tok, _ = load_tokenizer(base_dir)
+    try:
+        adapter = load_adapter(adapter_dir, model.cfg, dev, dt)
+    except AdapterError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        family = coder_family(tok, adapter.mask_id, model.cfg.vocab_size)
+    except ValueError as e:
+        raise CheckpointError(f"{base_dir}: {e}") from None
+    window = cfg.get("window", 16)
+    if not isinstance(window, int) or window < 1:
+        raise CheckpointError(f"invalid value for 'window' in {adapter_dir / 'config.json'}: {window!r}")
+    return LoadedCoder(
+        model=model,
+        adapter=adapter,
+        tokenizer=tok,
+        family=family,
+        model_id=str(cfg.get("model_id") or CODER_MODEL_TYPE),
+        device=dev,
+        dtype=dt,
+        window=window,
+        base_dir=base_dir,
+        adapter_dir=adapter_dir,
+        config=cfg,
+    )
