@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion_core.batcher import Batcher  # noqa: E402
-from diffusion_core.engine import Engine, InfillRequest, default_model_dir  # noqa: E402
+from diffusion_core.engine import Engine, InfillRequest, tiny_model_dir  # noqa: E402
 
 PROMPTS = [
     ("import os\nimport sys\n\n", "\n\ndef main() -> int:\n    return 0\n"),
@@ -159,8 +159,8 @@ def main() -> int:
     tmp = None
     if args.model:
         model_dir, model_kind = Path(args.model), "given"
-    elif (default_model_dir() / "config.json").is_file():
-        model_dir, model_kind = default_model_dir(), "embedded default"
+    elif (tiny_model_dir() / "config.json").is_file():
+        model_dir, model_kind = tiny_model_dir(), "tiny (1.3M)"
     else:
         from diffusion_core.testing import make_tiny_model_dir
 

@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().print_help()
             return 2
     args = build_parser(only=chosen).parse_args(argv)
-    return int(_load(args.command).run(args) or 0)
+    from .commands import CommandError
+
+    try:
+        return int(_load(args.command).run(args) or 0)
+    except CommandError as e:
+        print(f"diffill {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

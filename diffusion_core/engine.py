@@ -21,24 +21,50 @@ from .expand_sampler import expand_sample
 from .families import FamilySpec
 from .interface import Cancelled, Completion, InfillRequest, SamplingOptions
 from .length import predict_lengths, resolve_length
+from .model import RowAdapter
 from .sampler import Canvas, SampleOutput, sample_batch
 from .tokenizer import Tokenizer
 
-__all__ = ["Cancelled", "Completion", "Engine", "InfillRequest", "SamplingOptions", "default_model_dir"]
+__all__ = [
+    "Cancelled",
+    "Completion",
+    "Engine",
+    "InfillRequest",
+    "SamplingOptions",
+    "default_model_dir",
+    "resolve_model_path",
+    "tiny_model_dir",
+]
 
 CancelCheck = Callable[[], bool]
 log = logging.getLogger(__name__)
 
+# names a user may give instead of a directory (a directory of that name wins)
+MODEL_ALIASES = ("diffill-coder", "diffill-tiny")
+
 
 def default_model_dir() -> Path:
-    """The embedded default model that ships inside the package."""
-    return Path(__file__).resolve().parent / "default_model"
+    """The default model, Diffill-Coder: the adapter shipped in the package (its base weights
+    come from the registry and are converted into the user's cache on first use)."""
+    from .coder.load import coder_weights_dir
+
+    return coder_weights_dir()
 
 
-@dataclass
-class _Budget:
-    prefix_tokens: int
-    suffix_tokens: int
+def tiny_model_dir() -> Path:
+    """The 1.3M-parameter model trained from scratch on a CPU: for tests and smoke runs only."""
+    return Path(__file__).resolve().parent / "tiny_model"
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """A checkpoint directory from what a user typed: None is the default model, and the names
+    ``diffill-coder`` / ``diffill-tiny`` are the shipped models unless such a directory exists."""
+    if path is None:
+        return default_model_dir()
+    p = Path(path)
+    if str(path) in MODEL_ALIASES and not p.exists():
+        return default_model_dir() if str(path) == "diffill-coder" else tiny_model_dir()
+    return p
 
 
 @dataclass
@@ -57,6 +83,10 @@ class Engine:
     cuda_graphs: bool = (
         True  # replay denoising steps as CUDA graphs (CUDA only; DIFFILL_CUDA_GRAPHS=0 disables)
     )
+    # Diffill-Coder: the adapter that denoises the middle on top of the base's causal context
+    adapter: RowAdapter | None = None
+    window: int = 16  # middle positions the adapter denoises at once
+    about: dict = field(default_factory=dict)  # what info() adds (base, adapter, training)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _runner: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -77,7 +107,23 @@ class Engine:
                 self._runner = self.model
         return self._runner
 
-    def _sample(self, canvases: list[Canvas], opts: SamplingOptions, cancel: CancelCheck | None):  # noqa: ANN202
+    def _sample(  # noqa: ANN202
+        self,
+        canvases: list[Canvas],
+        opts: SamplingOptions,
+        cancel: CancelCheck | None,
+        stops: Sequence[tuple[str, ...]] = (),
+    ):
+        if self.family.fim_ids is not None:
+            return [
+                self._sample_coder(c, opts, cancel, st)
+                for c, st in zip(canvases, stops or [()] * len(canvases))
+            ]
+        if opts.decoder != "diffusion":
+            raise ValueError(
+                f"decoder={opts.decoder!r} needs a causal base model (Diffill-Coder); "
+                f"{self.family.name!r} is not one"
+            )
         length = resolve_length(opts, self.family)
         if length == "expand":
             # the canvas changes length every step: one canvas at a time, eager forwards
@@ -86,6 +132,20 @@ class Engine:
         if length == "predict":
             return self._sample_predicted(canvases, opts, cancel)
         return self._sample_fixed(canvases, opts, cancel)
+
+    def _sample_coder(
+        self, canvas: Canvas, opts: SamplingOptions, cancel: CancelCheck | None, stop: tuple[str, ...]
+    ) -> SampleOutput:
+        """Diffill-Coder: causal context once, the middle denoised by the adapter (coder/sampler.py),
+        or with ``decoder="ar"`` the base alone, one token per forward (coder/ar.py)."""
+        from .coder.ar import ar_sample
+        from .coder.sampler import coder_sample
+
+        assert self.adapter is not None
+        check = (lambda toks: any(s in self.tokenizer.decode(toks) for s in stop)) if stop else None
+        if opts.decoder == "ar":
+            return ar_sample(self.model, self.family, canvas, cancel, check)
+        return coder_sample(self.model, self.adapter, self.family, canvas, opts, self.window, cancel, check)
 
     def _sample_predicted(self, canvases: list[Canvas], opts: SamplingOptions, cancel: CancelCheck | None):  # noqa: ANN202
         """One forward predicts each middle's length, then each is decoded with that many masks."""
@@ -118,13 +178,38 @@ class Engine:
         path: str | Path | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        base: str | Path | None = None,
+        progress: bool = True,
     ) -> Engine:
-        """Load a Hugging Face-format directory (or the embedded default when ``path`` is None).
+        """Load a Hugging Face-format directory, a Diffill-Coder adapter directory (with its base
+        from the cache, or ``base``), or the default model when ``path`` is None.
 
-        bf16 on CUDA and fp32 on CPU unless ``dtype`` says otherwise. Never runs code from the
-        directory: safetensors and JSON only.
+        bf16 on CUDA; on the CPU fp32, except Diffill-Coder, which takes bf16 where it measures
+        faster. Never runs code from the directory: safetensors and JSON only.
         """
-        ckpt: LoadedCheckpoint = load_checkpoint(path or default_model_dir(), device=device, dtype=dtype)
+        from .coder.load import is_coder_dir, load_coder
+
+        root = resolve_model_path(path)
+        if is_coder_dir(root):
+            lc = load_coder(root, base=base, device=device, dtype=dtype, progress=progress)
+            engine = cls(
+                model=lc.model,
+                tokenizer=lc.tokenizer,
+                family=lc.family,
+                model_id=lc.model_id,
+                device=lc.device,
+                dtype=lc.dtype,
+                adapter=lc.adapter,
+                window=lc.window,
+                about={
+                    "base": str(lc.base_dir),
+                    "adapter": str(lc.adapter_dir),
+                    "adapter_parameters": sum(p.numel() for p in lc.adapter.parameters()),
+                    "training": {k: v for k, v in lc.config.get("training", {}).items() if k != "history"},
+                },
+            )
+            return engine
+        ckpt: LoadedCheckpoint = load_checkpoint(root, device=device, dtype=dtype)
         engine = cls(
             model=ckpt.model,
             tokenizer=ckpt.tokenizer,
@@ -173,6 +258,20 @@ class Engine:
         req = InfillRequest(prefix, suffix, max_tokens, options, language)
         return self.infill_batch([req], cancel=cancel)[0]
 
+    def infill_until(
+        self,
+        prefix: str,
+        suffix: str,
+        stop: Sequence[str],
+        max_tokens: int = 64,
+        options: SamplingOptions | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> Completion:
+        """:meth:`infill` that ends at the first of the ``stop`` strings (not included in the
+        text, as in the OpenAI API): a model that decodes left to right stops there early."""
+        req = InfillRequest(prefix, suffix, max_tokens, options, stop=tuple(stop))
+        return self.infill_batch([req], cancel=cancel)[0]
+
     def infill_batch(
         self, requests: Sequence[InfillRequest], cancel: CancelCheck | None = None
     ) -> list[Completion]:
@@ -194,14 +293,15 @@ class Engine:
                 for i in idx:
                     p, s = self.fit_context(requests[i].prefix, requests[i].suffix)
                     canvases.append(Canvas(prefix=p, suffix=s, max_tokens=requests[i].max_tokens))
-                outs = self._sample(canvases, opts, cancel)
+                outs = self._sample(canvases, opts, cancel, [requests[i].stop for i in idx])
                 for i, out in zip(idx, outs):
+                    text, reason = _cut_at_stop(self.tokenizer.decode(out.tokens), requests[i].stop)
                     results[i] = Completion(
-                        text=self.tokenizer.decode(out.tokens),
+                        text=text,
                         tokens=len(out.tokens),
                         steps=out.steps,
                         latency_ms=0.0,
-                        stop_reason=out.stop_reason,
+                        stop_reason=reason or out.stop_reason,
                     )
         latency = (time.perf_counter() - t0) * 1000.0
         return [replace(c, latency_ms=latency) for c in results if c is not None]
@@ -209,7 +309,7 @@ class Engine:
     # ----------------------------------------------------------------------------- info
     def info(self) -> dict:
         cfg = self.model.cfg
-        return {
+        return self.about | {
             "model_id": self.model_id,
             "family": self.family.name,
             "parameters": sum(p.numel() for p in self.model.parameters()),
@@ -229,3 +329,9 @@ class Engine:
 
 def _options_key(o: SamplingOptions) -> tuple:
     return tuple(sorted(vars(o).items()))
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
+    """``text`` before the earliest stop string, and "stop" when one was found."""
+    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=None)
+    return (text, None) if cut is None else (text[:cut], "stop")

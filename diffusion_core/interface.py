@@ -29,6 +29,7 @@ CONFIDENCE_KINDS = ("maxprob", "entropy", "margin")
 # "auto": "expand" where the family has an expand token, "predict" where its checkpoint says it
 #   was trained for length prediction, else "fixed".
 LENGTH_POLICIES = ("auto", "fixed", "predict", "ensemble", "expand")
+DECODERS = ("diffusion", "ar")
 
 
 class Cancelled(Exception):
@@ -51,6 +52,9 @@ class SamplingOptions:
     refresh_every: int = 0  # with "dual": also refresh the whole cache every N steps of a block (0 = never)
     steps_per_block: int | None = None  # fixed forwards per block (benchmarks); overrides tau
     initial_masks: int = 4  # for length="expand": the middle starts this long
+    # "diffusion": the model's masked-diffusion sampler; "ar": one token per forward, greedy, with
+    # the base model alone (Diffill-Coder only: the peer its speed is measured against)
+    decoder: str = "diffusion"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.quality <= 1.0:
@@ -71,6 +75,8 @@ class SamplingOptions:
             raise ValueError("initial_masks must be >= 1")
         if self.refresh_every < 0:
             raise ValueError("refresh_every must be >= 0")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}")
 
     @property
     def tau(self) -> float:
@@ -91,7 +97,7 @@ class Completion:
     tokens: int  # tokens in the completion (before the end token)
     steps: int  # forward passes spent on this request
     latency_ms: float
-    stop_reason: str  # "eos": the model ended it; "length": max_tokens reached
+    stop_reason: str  # "eos": the model ended it; "length": max_tokens reached; "stop": a stop string
 
 
 @dataclass
@@ -101,3 +107,4 @@ class InfillRequest:
     max_tokens: int = 64
     options: SamplingOptions | None = None
     language: str | None = None
+    stop: tuple[str, ...] = ()  # end the completion at the first of these (not included)

@@ -8,7 +8,17 @@ from diffusion_core.interface import LENGTH_POLICIES  # torch-free
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded model)")
+    p.add_argument(
+        "--model",
+        metavar="DIR",
+        help="checkpoint directory, or diffill-coder (the default) / diffill-tiny (the test model)",
+    )
+    p.add_argument(
+        "--base",
+        metavar="DIR",
+        help="Diffill-Coder's base: an upstream Qwen2.5-Coder-0.5B(-Instruct) directory instead of "
+        "the weights installed from the registry (default: $DIFFILL_BASE)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights dtype")
 
@@ -42,6 +52,12 @@ def sampling_options(args: argparse.Namespace):  # noqa: ANN201
 
 
 def load_engine(args: argparse.Namespace):  # noqa: ANN201
+    """The engine the flags name; a model that cannot be loaded is a one-line CommandError."""
     from diffusion_core.engine import Engine
 
-    return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    from . import CommandError
+
+    try:
+        return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, base=args.base)
+    except (ValueError, OSError) as e:  # CheckpointError / BaseWeightsError name the bad file or package
+        raise CommandError(f"cannot load the model: {e}") from None

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from lsp_server.postprocess import postprocess
+
 from ._model_args import add_model_arguments, add_sampling_arguments, load_engine, sampling_options
 
 HELP = "complete the code at a cursor position in FILE (1-based line and column)"
@@ -16,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
     p.add_argument("--col", type=int, required=True, help="1-based column (in characters) of the cursor")
-    p.add_argument("--json", action="store_true", help="print text, tokens, steps, latency_ms as JSON")
+    p.add_argument("--json", action="store_true", help="print text, raw, tokens, steps, latency_ms as JSON")
+    p.add_argument("--raw", action="store_true", help="print the model's middle as is, not the ghost text")
     add_model_arguments(p)
     add_sampling_arguments(p)
 
@@ -43,9 +46,36 @@ def run(args: argparse.Namespace) -> int:
         print(f"diffill complete: {e}", file=sys.stderr)
         return 2
     engine = load_engine(args)
-    c = engine.infill(prefix, suffix, max_tokens=args.max_tokens, options=sampling_options(args))
+    edit = edit_context(prefix, suffix)
+    # what an editor would show: one line when the cursor is mid-line (the model may stop at the
+    # newline), then the language server's post-processing
+    stop = ("\n",) if edit.mid_line else ()
+    c = engine.infill_until(prefix, suffix, stop, max_tokens=args.max_tokens, options=sampling_options(args))
+    shown = c.text if args.raw else postprocess(c.text, edit)
     if args.json:
-        print(json.dumps({"text": c.text, "tokens": c.tokens, "steps": c.steps, "latency_ms": c.latency_ms}))
-    else:
-        sys.stdout.write(c.text + ("" if c.text.endswith("\n") else "\n"))
+        out = {"text": shown, "raw": c.text, "tokens": c.tokens, "steps": c.steps, "latency_ms": c.latency_ms}
+        print(json.dumps(out))
+        return 0
+    if not shown:
+        print(
+            f"diffill complete: no suggestion at line {args.line}, column {args.col}: the model had "
+            f"nothing to add there (its raw middle was {c.text!r})",
+            file=sys.stderr,
+        )
+        return 0
+    sys.stdout.write(shown + ("" if shown.endswith("\n") else "\n"))
     return 0
+
+
+def edit_context(prefix: str, suffix: str):  # noqa: ANN201 - lsp_server.postprocess.EditContext
+    """The post-processing context of a cursor between ``prefix`` and ``suffix`` (as the language
+    server builds it for an open document)."""
+    from lsp_server.documents import Document
+    from lsp_server.postprocess import EditContext
+
+    line_prefix = prefix.rsplit("\n", 1)[-1]
+    line_suffix = suffix.split("\n", 1)[0].rstrip("\r")
+    unit, eol = Document("file:///cli", prefix + suffix).style()
+    return EditContext(
+        line_prefix=line_prefix, line_suffix=line_suffix, suffix=suffix[:4096], indent_unit=unit, eol=eol
+    )

@@ -52,6 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="programs run in parallel")
     p.add_argument("--out", metavar="FILE", help="write the summary JSON here too")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument(
+        "--compare",
+        metavar="LIST",
+        help="run several decoders in one interleaved run, e.g. ar,q1.0,q0.7,q0.3,tiny: ar = greedy "
+        "decoding of the base alone, qX = the model at quality X, tiny = the 1.3M test model",
+    )
+    p.add_argument("--out-dir", metavar="DIR", help="with --compare: write JSON, markdown and samples here")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     problems = load_problems(args.data, args.subset)
     if args.limit and args.limit < len(problems):
         problems = spread(problems, args.limit)
+    if args.compare:
+        return _compare(args, problems)
     settings: dict = {}
     info: dict[str, dict] = {}
     if args.samples:
@@ -108,4 +117,58 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
+    import datetime
+    import platform
+
+    import torch
+
+    from diffusion_core.engine import Engine, tiny_model_dir
+    from diffusion_core.evaluation.compare import Decoder, compare, markdown_table, write_results
+    from diffusion_core.interface import SamplingOptions
+
+    from . import CommandError
+    from ._model_args import load_engine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.compare.split(",") if n.strip()]
+    long = 64 if args.subset.startswith("single-line") else 128
+    main = None
+    decoders = []
+    for name in names:
+        if name == "tiny":
+            tiny = Engine.from_pretrained(tiny_model_dir(), device=args.device)
+            decoders.append(
+                Decoder("tiny (1.3M, quality 1)", tiny, SamplingOptions(quality=1.0, length="fixed"), 32)
+            )
+            continue
+        main = main or load_engine(args)
+        if name == "ar":
+            decoders.append(Decoder("AR greedy (base alone)", main, SamplingOptions(decoder="ar"), long))
+        elif name.startswith("q"):
+            try:
+                q = float(name[1:])
+                opts = SamplingOptions(quality=q)
+            except ValueError as e:
+                raise CommandError(f"--compare: bad decoder {name!r} ({e})") from None
+            decoders.append(Decoder(f"{main.model_id} quality {q:g}", main, opts, long))
+        else:
+            raise CommandError(f"--compare: unknown decoder {name!r} (ar, qX, tiny)")
+    rows = compare(decoders, problems, args.subset, workers=args.workers)
+    print(markdown_table(rows, args.subset))
+    if args.out_dir:
+        meta = {
+            "date": datetime.date.today().isoformat(),
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "dtype": str(main.dtype).removeprefix("torch.") if main else None,
+            "limit": args.limit,
+            "tasks": len(problems),
+        }
+        out = write_results(args.out_dir, args.subset, rows, decoders, meta)
+        print(f"wrote {out}/{args.subset}.json, .md, .samples.jsonl")
     return 0

@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from lsp_server.backend import ModelDefaults
     from lsp_server.server import create_server
 
+    if args.base:  # Diffill-Coder's base: read where the engine resolves it (coder/load.py)
+        os.environ["DIFFILL_BASE"] = args.base
     server = create_server(ModelDefaults(args.model, args.device, args.dtype, args.backend, args.api_key))
     if tcp is not None:
         server.serve_tcp(*tcp)

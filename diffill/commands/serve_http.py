@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from diffusion_core.batcher import Batcher
-    from diffusion_core.engine import Engine, default_model_dir
+    from diffusion_core.engine import Engine, resolve_model_path
     from http_server.app import ServerConfig, create_app
     from http_server.chat import load_chat_template
 
@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print("diffill serve-http: --max-batch, --max-pending, --max-body-bytes must be >= 1 and "
               "--batch-wait-ms >= 0", file=sys.stderr)  # fmt: skip
         return 2
-    model_dir = args.model or default_model_dir()
+    model_dir = resolve_model_path(args.model)
     try:
-        engine = Engine.from_pretrained(model_dir, device=args.device, dtype=args.dtype)
+        engine = Engine.from_pretrained(model_dir, device=args.device, dtype=args.dtype, base=args.base)
     except (ValueError, OSError) as exc:  # CheckpointError names the missing or invalid file
         print(f"diffill serve-http: cannot load the model from {model_dir}: {exc}", file=sys.stderr)
         return 1

@@ -137,15 +137,15 @@ def _family(cfg: ModelConfig) -> FamilySpec:
 def _load_default(
     path: str | None, device: torch.device, dtype: torch.dtype
 ) -> tuple[str, Transformer, FamilySpec]:
-    """The embedded default (or ``path``); falls back to a random model of its shape when the
+    """The tiny model (or ``path``); falls back to a random model of its shape when the
     checkpoint or the loader's dependencies are missing."""
     try:
         from diffusion_core.checkpoint import load_checkpoint
 
         if path is None:
-            from diffusion_core.engine import default_model_dir
+            from diffusion_core.engine import tiny_model_dir
 
-            path = str(default_model_dir())
+            path = str(tiny_model_dir())
         if Path(path).exists():
             ck = load_checkpoint(path, device=device, dtype=dtype)
             return f"default ({ck.model_id})", ck.model.eval(), ck.family

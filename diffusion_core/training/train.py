@@ -453,7 +453,7 @@ class Trainer:
         from ..checkpoint import save_pretrained
 
         info = {
-            "model_id": "diffill-default",
+            "model_id": "diffill-tiny",
             "training": {
                 "steps": self.step,
                 "seq_len": self.cfg.seq_len,

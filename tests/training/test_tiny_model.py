@@ -1,4 +1,5 @@
-"""The embedded default model ships inside the installed package, loads with no path, and completes."""
+"""The tiny model (1.3M parameters, trained from scratch on a CPU; the test and smoke model)
+ships inside the installed package, loads by its name, and completes."""
 
 from __future__ import annotations
 
@@ -6,15 +7,14 @@ import json
 
 import pytest
 
-from diffusion_core.engine import Engine, default_model_dir
+from diffusion_core.engine import Engine, tiny_model_dir
 
-MODEL_DIR = default_model_dir()
-pytestmark = pytest.mark.skipif(not (MODEL_DIR / "config.json").exists(), reason="default model not shipped")
+MODEL_DIR = tiny_model_dir()
 
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:
-    return Engine.from_pretrained()  # no path: the embedded default
+    return Engine.from_pretrained("diffill-tiny")  # by name, from the installed package
 
 
 def test_files_fit_the_package() -> None:
@@ -31,7 +31,7 @@ def test_loads_from_the_installed_package(engine: Engine) -> None:
     import diffusion_core
 
     assert MODEL_DIR.parent == __import__("pathlib").Path(diffusion_core.__file__).resolve().parent
-    assert engine.model_id == "diffill-default"
+    assert engine.model_id == "diffill-tiny"
     assert engine.family.mask_id == engine.tokenizer.token_to_id("<|mask|>")
     assert engine.family.eos_ids == (engine.tokenizer.token_to_id("<|endoftext|>"),)
 
