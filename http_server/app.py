@@ -72,6 +72,10 @@ class ServerConfig:
     max_n: int = 16
     max_choices: int = 64  # prompts x n in one request
     max_stop: int = 4
+    # work one request may ask for (choices x max_tokens) and choices one client may have in
+    # flight: one client cannot hold the single engine for minutes or crowd out the others
+    max_request_tokens: int = 4096
+    max_client_inflight: int = 16
 
 
 class ApiError(Exception):
@@ -190,6 +194,14 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
+def _client(request: Request) -> str:
+    """Who is asking, for per-client limits: the bearer key when there is one, else the address."""
+    auth = request.headers.get("authorization", "")
+    if auth:
+        return "key:" + hmac.new(b"diffill", auth.encode(), "sha256").hexdigest()[:16]
+    return "addr:" + (request.client.host if request.client else "?")
+
+
 def _cancel_all(futures: Sequence[Future]) -> None:
     for f in futures:
         f.cancel()
@@ -214,6 +226,7 @@ class _Api:
         self.chat_template = chat_template
         self.model_name = config.served_model_name or engine.model_id
         self.created = int(time.time())
+        self._inflight: dict[str, int] = {}  # choices in flight per client (key, else address)
 
     # -------------------------------------------------------------------------- validation
     def _check_model(self, model: str | None) -> None:
@@ -269,7 +282,41 @@ class _Api:
                 400, f"At most {self.config.max_choices} choices (prompts x n) per request.", param="n"
             )
 
-    def _submit(self, reqs: list[InfillRequest]) -> list[Future]:
+    def _admit(self, reqs: list[InfillRequest], client: str) -> None:
+        work = sum(r.max_tokens for r in reqs)
+        if work > self.config.max_request_tokens:
+            raise ApiError(
+                400,
+                f"This request asks for {work} tokens of work (choices x max_tokens); the limit is "
+                f"{self.config.max_request_tokens} per request.",
+                param="max_tokens",
+                code="request_too_large",
+            )
+        busy = self._inflight.get(client, 0)
+        if busy + len(reqs) > self.config.max_client_inflight:
+            raise ApiError(
+                429,
+                f"Too many completions in flight for this client ({busy} running, at most "
+                f"{self.config.max_client_inflight}); retry when they finish.",
+                type_="rate_limit_error",
+                code="too_many_requests",
+            )
+
+    def _track(self, futures: list[Future], client: str) -> None:
+        self._inflight[client] = self._inflight.get(client, 0) + len(futures)
+
+        def done(_: Future) -> None:
+            left = self._inflight.get(client, 1) - 1
+            if left > 0:
+                self._inflight[client] = left
+            else:
+                self._inflight.pop(client, None)
+
+        for f in futures:
+            f.add_done_callback(done)
+
+    def _submit(self, reqs: list[InfillRequest], client: str = "") -> list[Future]:
+        self._admit(reqs, client)
         futures: list[Future] = []
         try:
             for r in reqs:
@@ -284,22 +331,25 @@ class _Api:
             raise ApiError(
                 503, "The server is shutting down.", type_="server_error", code="unavailable"
             ) from None
+        self._track(futures, client)
         return futures
 
-    def _submit_choices(self, base: list[InfillRequest], n: int) -> tuple[list[Future], list[int]]:
+    def _submit_choices(
+        self, base: list[InfillRequest], n: int, client: str = ""
+    ) -> tuple[list[Future], list[int]]:
         """Submit ``n`` choices per request; return the futures and, per choice, its future's index.
 
         Greedy decoding is deterministic, so ``n`` greedy choices are computed once and shared."""
         opts = base[0].options
         reps = 1 if opts is not None and opts.temperature == 0 else n
-        futures = self._submit([r for r in base for _ in range(reps)])
+        futures = self._submit([r for r in base for _ in range(reps)], client)
         slots = [(i // n) * reps + (i % n if reps > 1 else 0) for i in range(len(base) * n)]
         return futures, slots
 
     def _choice(self, c: Completion, stops: Sequence[str], echo: str = "") -> _Choice:
         text, stopped = _apply_stop(c.text, stops)
         tokens = self.engine.count_tokens(text) if stopped else c.tokens
-        reason = "stop" if stopped or c.stop_reason == "eos" else "length"
+        reason = "stop" if stopped or c.stop_reason in ("eos", "stop") else "length"
         return _Choice(echo + text, reason, tokens)
 
     @staticmethod
@@ -377,7 +427,9 @@ class _Api:
         options = self._options(req)
         suffix = req.suffix or ""
         futures, slots = self._submit_choices(
-            [InfillRequest(p, suffix, max_tokens, options) for p in prompts], req.n
+            [InfillRequest(p, suffix, max_tokens, options, stop=tuple(stops)) for p in prompts],
+            req.n,
+            _client(request),
         )
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         pairs = [(p, suffix) for p in prompts]
@@ -467,7 +519,9 @@ class _Api:
             prompt = self.chat_template.render(messages, add_generation_prompt=True)
         except ChatTemplateError as exc:
             raise ApiError(400, f"The chat template rejected the messages: {exc}", param="messages") from None
-        futures, slots = self._submit_choices([InfillRequest(prompt, "", max_tokens, options)], req.n)
+        futures, slots = self._submit_choices(
+            [InfillRequest(prompt, "", max_tokens, options, stop=tuple(stops))], req.n, _client(request)
+        )
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         pairs = [(prompt, "")]
 

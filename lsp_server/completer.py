@@ -29,6 +29,10 @@ __all__ = ["Completer", "Suggestion"]
 
 log = logging.getLogger(__name__)
 
+# a request that arrives while the model loads waits this long for it (a user typing at start-up
+# gets a suggestion when the model is ready instead of an empty answer that is never asked again)
+MODEL_WAIT_S = 60.0
+
 
 @dataclass(frozen=True)
 class Suggestion:
@@ -121,8 +125,14 @@ class Completer:
     ) -> Suggestion | None:
         s = self._settings()
         doc = self.store.get(uri)
-        if doc is None or not s.enabled or not s.language_enabled(doc.language_id) or not self.worker.ready:
+        if doc is None or not doc.in_sync or not s.enabled or not s.language_enabled(doc.language_id):
             return None
+        if not self.worker.ready and not await self.worker.wait_ready(MODEL_WAIT_S):
+            return None  # still loading after the wait, or failed (the user was told)
+        if self.store.get(uri) is not doc:
+            return None
+        # a position past the end of the document means its end (LSP); answer with that range
+        position = doc.to_position(doc.to_point(position))
         ctx = build_context(doc, position, s, self.ring, selected)
         self._track_cursor(uri, doc.to_point(position).line)
 

@@ -69,6 +69,9 @@ class Document:
         self.encoding = _normalise_encoding(encoding)
         self._lines = split_lines(text)
         self._style: tuple[str, str] | None = None
+        # False after an edit that could not be applied: the text is no longer the editor's, so
+        # nothing is completed from it until a full-text change (or reopening) brings it back
+        self.in_sync = True
 
     # ------------------------------------------------------------------ reading
     @property
@@ -251,9 +254,20 @@ class DocumentStore:
         if doc is None:
             return None
         for change in changes:
+            if not doc.in_sync and getattr(change, "range", None) is not None:
+                continue  # edits to a text we no longer know would only compound the error
             doc.apply_change(change)
+            if getattr(change, "range", None) is None:
+                doc.in_sync = True
         if version is not None:
             doc.version = version
+        return doc
+
+    def desync(self, uri: str) -> Document | None:
+        """An edit for ``uri`` was refused: stop trusting its text (see ``Document.in_sync``)."""
+        doc = self._docs.get(uri)
+        if doc is not None:
+            doc.in_sync = False
         return doc
 
     def close(self, uri: str) -> None:

@@ -34,7 +34,6 @@ from typing import Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
-from pygls.io_ import run_async
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
@@ -66,6 +65,24 @@ class _Malformed:
         self.error = error
 
 
+class _RefusedEdit:
+    """A didChange whose params did not validate (a negative position, say): applying nothing
+    would leave the server's text different from the editor's, so the document is desynced."""
+
+    def __init__(self, data: dict[str, Any], error: Exception) -> None:
+        params = data.get("params") if isinstance(data.get("params"), dict) else {}
+        td = params.get("textDocument") if isinstance(params.get("textDocument"), dict) else {}
+        self.uri = td.get("uri") if isinstance(td.get("uri"), str) else None
+        self.reason = _leaf_message(error.__cause__ or error)
+
+
+def _leaf_message(exc: BaseException) -> str:
+    """The innermost message of a validation error (cattrs nests one group per level)."""
+    while getattr(exc, "exceptions", None):
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return str(exc) or type(exc).__name__
+
+
 class DiffillProtocol(LanguageServerProtocol):
     """pygls' protocol with the edges a long-running editor server needs.
 
@@ -80,6 +97,22 @@ class DiffillProtocol(LanguageServerProtocol):
         super().__init__(server, converter)
         self.initialize_seen = False
 
+    def _execute_handler(
+        self, msg_id: Any, handler: Any, callback: Any, args: Any = None, kwargs: Any = None
+    ) -> None:
+        """pygls 2.1 files the future of every notification handler (and of each step of a
+        generator handler) under a fresh uuid in ``_request_futures`` and never removes it: ~1 KB
+        per keystroke for as long as the server runs. Drop each entry when its future is done."""
+        super()._execute_handler(msg_id, handler, callback, args, kwargs)
+        future = self._request_futures.get(msg_id)
+        if future is not None:
+
+            def forget(done: Any, key: Any = msg_id) -> None:
+                if self._request_futures.get(key) is done:
+                    del self._request_futures[key]
+
+            future.add_done_callback(forget)
+
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
             return super().structure_message(data)
@@ -87,9 +120,14 @@ class DiffillProtocol(LanguageServerProtocol):
             msg_id = data.get("id")
             if "method" in data and isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool):
                 return _Malformed(msg_id, str(data.get("method")), exc)
+            if data.get("method") == types.TEXT_DOCUMENT_DID_CHANGE:
+                return _RefusedEdit(data, exc)
             raise
 
     def handle_message(self, message: Any) -> None:
+        if isinstance(message, _RefusedEdit):
+            self._server.refuse_edit(message.uri, message.reason)
+            return
         if isinstance(message, _Malformed):
             cause = message.error.__cause__ or message.error
             err = JsonRpcInvalidParams(f"Invalid params for {message.method}: {cause}")
@@ -150,7 +188,12 @@ class DiffillProtocol(LanguageServerProtocol):
 class DiffillServer(LanguageServer):
     """The language server: owns the documents, the settings and the engine worker."""
 
-    def __init__(self, defaults: ModelDefaults | None = None, factory: BackendFactory = make_backend) -> None:
+    def __init__(
+        self,
+        defaults: ModelDefaults | None = None,
+        factory: BackendFactory = make_backend,
+        worker: EngineWorker | None = None,
+    ) -> None:
         super().__init__(
             "diffill",
             __version__,
@@ -161,11 +204,13 @@ class DiffillServer(LanguageServer):
         self.settings = Settings()
         self.stats = Stats()
         self.store = DocumentStore()
-        self.worker = EngineWorker(self.stats, factory)
+        # a TCP server's sessions share one worker (one model), each with its own documents
+        self.worker = worker or EngineWorker(self.stats, factory)
         self.completer = Completer(
             self.store, self.worker, self.stats, lambda: self.settings, report=self._completion_failed
         )
         self.exit_code: int | None = None
+        self.watch_client_process = True  # exit when the editor process is gone (stdio)
         self._tasks: set[asyncio.Task] = set()
         self._loaded_key: tuple | None = None
         self._progress_ids = 0
@@ -190,6 +235,52 @@ class DiffillServer(LanguageServer):
                     "error": {"code": int(types.ErrorCodes.ParseError), "message": f"Parse error: {error}"},
                 }
             )
+
+    def refuse_edit(self, uri: str | None, reason: str) -> None:
+        """Tell the user an edit could not be applied and stop completing from a text that is
+        no longer the editor's; a full-text change or reopening the file brings it back."""
+        log.warning("refused didChange for %s: %s", uri, reason)
+        if uri is not None and self.store.desync(uri) is not None:
+            self.completer.closed(uri)
+        self.window_show_message(
+            types.ShowMessageParams(
+                type=types.MessageType.Warning,
+                message=f"Diffill: an edit to {uri or 'a document'} was invalid ({reason}); completions "
+                "for it are paused until the editor sends its whole text again (reopen the file).",
+            )
+        )
+
+    def send_error_dict(self, message: dict[str, Any]) -> None:
+        """A raw JSON-RPC error answer (framing faults have no typed message to answer)."""
+        self.protocol._send_data(message)
+
+    def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
+        """LSP over stdio, read through :mod:`lsp_server.framing` (never deaf after a bad frame)."""
+        from pygls.io_ import StdoutWriter
+
+        from . import framing
+
+        self._stop_event = threading.Event()
+        stdin = stdin or sys.stdin.buffer
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        read_chunk = getattr(stdin, "read1", None) or (lambda n: stdin.read(1))
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            reason = await framing.serve(
+                lambda: loop.run_in_executor(self.thread_pool, read_chunk, 1 << 16),
+                self.protocol,
+                self._stop_event.is_set,
+                self.send_error_dict,
+            )
+            log.info("stdio input ended (%s)", reason)
+
+        try:
+            asyncio.run(main())
+        except BrokenPipeError:
+            log.error("the client closed the connection")
+        except (KeyboardInterrupt, SystemExit):
+            pass
 
     def model_args(self) -> tuple[str | None, ...]:
         """What :func:`make_backend` gets: ``(model_path, device, dtype, backend_url, api_key,
@@ -251,6 +342,10 @@ class DiffillServer(LanguageServer):
     async def load_model(self) -> None:
         """Load in the worker thread, with $/progress when the client supports it."""
         args = self._loaded_key = self.model_args()
+        if self.worker.ready and self.worker.loaded_args == args:  # a new TCP session, same model
+            self.completer.model_changed()
+            self.send_status()
+            return
         self.worker.start()
         self.worker.state = "loading"
         remote = bool(args[3])
@@ -283,6 +378,14 @@ class DiffillServer(LanguageServer):
             return
         self.completer.model_changed()
         self._progress_end(token, f"Model ready: {model_id}")
+        if remote:  # code leaves this machine: say where it goes
+            self.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Info,
+                    message=f"Diffill: completions come from the team server {args[3]}; the code "
+                    "around your cursor is sent there with each request.",
+                )
+            )
         self.send_status()
 
     async def _progress_begin(self, message: str) -> str | None:
@@ -308,37 +411,6 @@ class DiffillServer(LanguageServer):
         if self._loaded_key is None:
             self.spawn(self.load_model())
 
-    def serve_tcp(self, host: str, port: int) -> None:
-        """Serve one client over TCP. The bound address goes to stderr, so ``--tcp 0`` is usable."""
-        self._stop_event = threading.Event()
-
-        async def main() -> None:
-            finished = asyncio.Event()
-
-            async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                self.protocol.set_writer(writer)
-                try:
-                    await run_async(
-                        stop_event=self._stop_event,
-                        reader=reader,
-                        protocol=self.protocol,
-                        logger=log,
-                        error_handler=self.report_server_error,
-                    )
-                finally:
-                    finished.set()
-
-            server = await asyncio.start_server(on_client, host, port)
-            bound = server.sockets[0].getsockname()
-            print(f"diffill: listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
-            async with server:
-                await finished.wait()
-
-        try:
-            asyncio.run(main())
-        except (KeyboardInterrupt, SystemExit):
-            pass
-
     async def watch_parent(self, pid: int) -> None:
         """Exit when the editor that started us is gone (it cannot send exit any more)."""
         while True:
@@ -361,17 +433,19 @@ def _item_command(sug: Suggestion, uri: str) -> types.Command:
 
 
 def create_server(
-    defaults: ModelDefaults | None = None, factory: BackendFactory = make_backend
+    defaults: ModelDefaults | None = None,
+    factory: BackendFactory = make_backend,
+    worker: EngineWorker | None = None,
 ) -> DiffillServer:
-    """Build the server with every handler registered."""
-    ls = DiffillServer(defaults, factory)
+    """Build the server with every handler registered (``worker``: share a loaded model)."""
+    ls = DiffillServer(defaults, factory, worker)
 
     @ls.feature(types.INITIALIZE)
     def initialize(params: types.InitializeParams) -> None:
         ls.store.set_encoding(ls.workspace.position_encoding)
         if params.initialization_options is not None:
             ls.apply_settings(params.initialization_options, "initializationOptions")
-        if params.process_id:
+        if params.process_id and ls.watch_client_process:
             ls.spawn(ls.watch_parent(params.process_id))
 
     @ls.feature(types.INITIALIZED)
@@ -408,7 +482,12 @@ def create_server(
     @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(params: types.DidChangeTextDocumentParams) -> None:
         td = params.text_document
-        if ls.store.change(td.uri, td.version, params.content_changes) is None:
+        try:
+            doc = ls.store.change(td.uri, td.version, params.content_changes)
+        except (ValueError, IndexError) as exc:
+            ls.refuse_edit(td.uri, str(exc))
+            return
+        if doc is None:
             log.warning("didChange for a document that is not open: %s", params.text_document.uri)
 
     @ls.feature(types.TEXT_DOCUMENT_DID_SAVE)
@@ -499,6 +578,7 @@ def create_server(
             "version": doc.version,
             "languageId": doc.language_id,
             "lineCount": doc.line_count,
+            "inSync": doc.in_sync,
             "text": doc.text,
         }
 

@@ -75,6 +75,7 @@ class EngineWorker:
         self.error: str | None = None
         self.backend: Backend | None = None
         self.model_id: str | None = None
+        self.loaded_args: tuple | None = None  # what the ready backend was made from
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._real_waiting = 0
@@ -97,6 +98,14 @@ class EngineWorker:
     @property
     def ready(self) -> bool:
         return self.state == "ready" and self.backend is not None
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) while a load is in progress; True when a model is ready."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.state in ("loading", "idle") and not self.ready and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.ready
 
     @property
     def busy(self) -> bool:
@@ -257,6 +266,7 @@ class EngineWorker:
             return
         self.backend = backend
         self.model_id = backend.model_id
+        self.loaded_args = item.load_args
         self.error = None
         self.state = "ready"
         self._settle(item, result=self.model_id)

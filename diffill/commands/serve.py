@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ._model_args import add_model_arguments
 
@@ -17,8 +18,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tcp",
         metavar="[HOST:]PORT",
-        help="listen for one client on TCP instead; HOST defaults to 127.0.0.1, PORT 0 picks one "
-        "(the address is printed to stderr)",
+        help="listen on TCP instead, for one editor at a time holding the per-start token (see "
+        "README: what --tcp protects); HOST defaults to 127.0.0.1, PORT 0 picks one (the address "
+        "and the token file are printed to stderr)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="with --tcp: write the token here, owner-only (default: $XDG_RUNTIME_DIR/diffill/"
+        "tcp-PORT.token or ~/.cache/diffill/tcp-PORT.token; $DIFFILL_TCP_TOKEN sets the token)",
     )
     add_model_arguments(p)
     p.add_argument(
@@ -82,16 +90,26 @@ def run(args: argparse.Namespace) -> int:
 
     if args.base:  # Diffill-Coder's base: read where the engine resolves it (coder/load.py)
         os.environ["DIFFILL_BASE"] = args.base
-    server = create_server(ModelDefaults(args.model, args.device, args.dtype, args.backend, args.api_key))
+    defaults = ModelDefaults(args.model, args.device, args.dtype, args.backend, args.api_key)
     if tcp is not None:
-        server.serve_tcp(*tcp)
-    else:
-        # stdout is the protocol channel: give the server its own copy of the descriptor and point
-        # fd 1 at stderr, so a stray print (ours, a library's, a C extension's) cannot corrupt it.
-        lsp_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-        sys.stdout = sys.stderr
-        server.start_io(sys.stdin.buffer, lsp_out)
+        from lsp_server.tcp import TcpTokenError, serve_tcp
+
+        try:
+            token_file = Path(args.token_file) if args.token_file else None
+            code = serve_tcp(*tcp, defaults, token_file=token_file)
+        except TcpTokenError as exc:
+            print(f"diffill serve: {exc}", file=sys.stderr)
+            return 2
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    server = create_server(defaults)
+    # stdout is the protocol channel: give the server its own copy of the descriptor and point
+    # fd 1 at stderr, so a stray print (ours, a library's, a C extension's) cannot corrupt it.
+    lsp_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    server.start_io(sys.stdin.buffer, lsp_out)
     code = server.exit_code if server.exit_code is not None else (0 if server.protocol._shutdown else 1)
     logging.shutdown()
     sys.stderr.flush()

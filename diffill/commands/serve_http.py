@@ -24,9 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help=f"require 'Authorization: Bearer KEY' with KEY read from this file (or set ${API_KEY_ENV}); "
+        "neither = no auth, allowed on loopback only with a warning elsewhere",
+    )
+    p.add_argument(
         "--api-key",
         default=None,
-        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; unset = no auth)",
+        help="the key itself (visible to other users in `ps`: prefer --api-key-file or the variable)",
     )
     p.add_argument("--served-model-name", default=None, help="model id reported by /v1/models")
     p.add_argument(
@@ -44,6 +50,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
+def read_api_key(flag: str | None, path: str | None) -> str | None:
+    """The key from --api-key, --api-key-file or $DIFFILL_API_KEY (in that order); a given but
+    empty key (an unset shell variable, an empty file) is refused instead of meaning "no auth"."""
+    if flag is not None:
+        source, key = "--api-key", flag
+    elif path is not None:
+        try:
+            source, key = f"--api-key-file {path}", open(path, encoding="utf-8").read()
+        except OSError as exc:
+            raise ValueError(f"cannot read --api-key-file {path}: {exc.strerror}") from None
+    elif API_KEY_ENV in os.environ:
+        source, key = f"${API_KEY_ENV}", os.environ[API_KEY_ENV]
+    else:
+        return None
+    key = key.strip()
+    if not key:
+        raise ValueError(
+            f"{source} is empty; an empty API key would turn authentication off (leave it unset)"
+        )
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -56,15 +84,27 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     log = logging.getLogger("diffill.http")
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    try:
+        api_key = read_api_key(args.api_key, args.api_key_file)
+    except ValueError as exc:
+        print(f"diffill serve-http: {exc}", file=sys.stderr)
+        return 2
+    if args.api_key is not None:
+        log.warning(
+            "--api-key is visible to every user of this machine in `ps`; use --api-key-file or $%s",
+            API_KEY_ENV,
+        )
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         log.warning(
             "listening on %s without an API key: anyone who can reach it can use the model", args.host
         )
 
     if args.max_batch < 1 or args.batch_wait_ms < 0 or args.max_pending < 1 or args.max_body_bytes < 1:
-        print("diffill serve-http: --max-batch, --max-pending, --max-body-bytes must be >= 1 and "
-              "--batch-wait-ms >= 0", file=sys.stderr)  # fmt: skip
+        print(
+            "diffill serve-http: --max-batch, --max-pending, --max-body-bytes must be >= 1 and "
+            "--batch-wait-ms >= 0",
+            file=sys.stderr,
+        )
         return 2
     model_dir = resolve_model_path(args.model)
     try:

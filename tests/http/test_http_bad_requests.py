@@ -217,3 +217,21 @@ def test_stopped_worker_fails_health_and_requests_with_503(engine: Engine) -> No
         health = httpx.get(srv.url + "/health")
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
         assert_error(httpx.post(srv.url + "/v1/completions", json={"prompt": "x"}), 503)
+
+
+def test_work_per_request_and_per_client_is_capped(engine: Engine) -> None:
+    """64 sampled choices of 1,024 tokens would hold the one engine for minutes: refused, and
+    one client cannot keep more than its share of choices in flight."""
+    config = ServerConfig(max_request_tokens=256, max_client_inflight=2, max_n=64, max_choices=64)
+    with LiveServer(engine, config=config) as srv:
+        big = {"prompt": "x", "n": 64, "max_tokens": 1024, "temperature": 0.8}
+        err = assert_error(httpx.post(srv.url + "/v1/completions", json=big, timeout=30), 400, "max_tokens")
+        assert "65536 tokens of work" in err["message"] and "256" in err["message"]
+        many = {"prompt": "x", "n": 3, "max_tokens": 4, "temperature": 0.8}
+        err = assert_error(httpx.post(srv.url + "/v1/completions", json=many, timeout=30), 429)
+        assert err["code"] == "too_many_requests"
+        ok = {"prompt": "x", "n": 2, "max_tokens": 4, "temperature": 0.8}
+        r = httpx.post(srv.url + "/v1/completions", json=ok, timeout=60)
+        assert r.status_code == 200 and len(r.json()["choices"]) == 2
+        # finished work frees the client's share again
+        assert httpx.post(srv.url + "/v1/completions", json=ok, timeout=60).status_code == 200

@@ -84,3 +84,41 @@ def test_serve_http_reports_a_bad_model_dir(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "cannot load the model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--api-key", ""], {}, "--api-key is empty"),
+        ([], {"DIFFILL_API_KEY": ""}, "$DIFFILL_API_KEY is empty"),
+        (["--api-key-file", "EMPTY"], {}, "is empty; an empty API key would turn authentication off"),
+        (["--api-key-file", "MISSING"], {}, "cannot read --api-key-file"),
+    ],
+)
+def test_an_empty_or_unreadable_api_key_is_refused(
+    tmp_path: Path, tiny_model_dir: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    (tmp_path / "EMPTY").write_text("\n")
+    args = [str(tmp_path / a) if a in ("EMPTY", "MISSING") else a for a in args]
+    environ = {k: v for k, v in os.environ.items() if k != "DIFFILL_API_KEY"} | env
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffill.cli",
+        "serve-http",
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        "0",
+        *args,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=environ)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_the_api_key_file_is_read(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from diffill.commands.serve_http import read_api_key
+
+    (tmp_path / "key").write_text("  s3cret-from-file \n")
+    assert read_api_key(None, str(tmp_path / "key")) == "s3cret-from-file"
+    assert read_api_key("flag-wins", str(tmp_path / "key")) == "flag-wins"

@@ -110,6 +110,11 @@ class LspSession:
 
         self.loop.call_soon_threadsafe(write)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Write bytes as they are (no framing added) to the server's stdin."""
+        stdin = self.client._server.stdin
+        self.loop.call_soon_threadsafe(stdin.write, data)
+
     def raw_request(self, body: bytes, msg_id: str | int | None, timeout: float = 15.0) -> Any:
         """Send hand-written bytes as a request and return the answer to ``msg_id`` (a result, or
         the JsonRpcException the client raised for an error answer)."""

@@ -343,3 +343,51 @@ def test_disabled_languages_and_unknown_documents_get_nothing():
         w.stop()
 
     asyncio.run(main())
+
+
+def test_a_request_during_the_model_load_is_answered_when_the_model_is_ready():
+    """Typing at start-up: the request waits for the load instead of an empty answer that the
+    editor never asks again."""
+
+    async def main() -> None:
+        fake = FakeBackend(answer="total + 1")
+        gate = threading.Event()
+
+        def slow_factory(*args):
+            gate.wait(10)
+            return fake
+
+        w = EngineWorker(Stats(), factory=slow_factory)
+        w.start()
+        loading = asyncio.ensure_future(w.load(None, None, None))
+        await wait_until(lambda: w.state == "loading")
+        store = DocumentStore()
+        settings = Settings(prefetch=False)
+        comp = Completer(store, w, w.stats, lambda: settings)
+        doc = store.open("file:///a.py", "def f(total):\n    return \n", "python", 1)
+        pending = asyncio.ensure_future(comp.complete(doc.uri, types.Position(1, 11), invoked=False))
+        await asyncio.sleep(0.2)
+        assert not pending.done()  # held, not answered empty
+        gate.set()
+        await loading
+        sug = await asyncio.wait_for(pending, 10)
+        assert sug is not None and sug.text == "total + 1"
+        w.stop()
+
+    asyncio.run(main())
+
+
+def test_a_position_past_the_end_is_answered_with_a_range_inside_the_document():
+    async def main() -> None:
+        fake = FakeBackend(answer="more()")
+        w = await ready_worker(fake)
+        store = DocumentStore()
+        comp = Completer(store, w, w.stats, lambda: Settings(prefetch=False))
+        doc = store.open("file:///a.py", "x = 1\ny = ", "python", 1)
+        for pos in (types.Position(50, 3), types.Position(1, 400)):
+            sug = await comp.complete(doc.uri, pos, invoked=True)
+            assert sug is not None
+            assert sug.start == sug.end == types.Position(1, 4), (pos, sug)
+        w.stop()
+
+    asyncio.run(main())

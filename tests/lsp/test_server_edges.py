@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -170,51 +169,6 @@ def test_a_setting_the_model_cannot_honour_is_shown_once_and_fixing_it_recovers(
         assert lsp.close() == 0
 
 
-def test_tcp_binds_loopback_and_speaks_lsp(tiny_model: Path):
-    async def main() -> int:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "diffill.cli",
-            "serve",
-            "--tcp",
-            "0",
-            "--model",
-            str(tiny_model),
-            cwd=str(REPO),
-            env=env,
-            stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            port = None
-            while port is None:
-                line = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
-                assert line, "server exited before listening"
-                m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-                port = int(m.group(1)) if m else None
-            client = LanguageClient("tcp-test", "0")
-            await client.start_tcp("127.0.0.1", port)
-            inline_caps = types.TextDocumentClientCapabilities(
-                inline_completion=types.InlineCompletionClientCapabilities()
-            )
-            params = types.InitializeParams(capabilities=types.ClientCapabilities(text_document=inline_caps))
-            res = await client.initialize_async(params)
-            assert res.capabilities.inline_completion_provider is not None
-            assert res.capabilities.completion_provider is None  # no duplicate list item for inline clients
-            client.initialized(types.InitializedParams())
-            await client.shutdown_async(None)
-            client.exit(None)
-            return await asyncio.wait_for(proc.wait(), 20)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-
-    assert asyncio.run(main()) == 0
-
-
 def test_server_exits_when_the_editor_process_dies():
     async def main() -> int:
         editor = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
@@ -232,3 +186,45 @@ def test_server_exits_when_the_editor_process_dies():
         return code
 
     assert asyncio.run(main()) == 1
+
+
+def test_an_invalid_edit_is_reported_and_the_document_resyncs_on_its_full_text(tiny_model: Path):
+    """A didChange with a negative position cannot be applied: the user is told, nothing is
+    completed from a text that is no longer the editor's, and a full-text change restores it."""
+    lsp = LspSession(["--model", str(tiny_model)])
+    try:
+        lsp.initialize(init_options={"diffill": {"debounceMs": 0, "prefetch": False, "maxTokens": 4}})
+        lsp.wait_state("ready")
+        uri = "file:///sync.py"
+        lsp.open(uri, "def f():\n    return 1\n")
+        bad = {
+            "jsonrpc": "2.0",
+            "method": "textDocument/didChange",
+            "params": {
+                "textDocument": {"uri": uri, "version": 2},
+                "contentChanges": [
+                    {"range": {"start": {"line": -1, "character": 0}, "end": {"line": 0, "character": 2}},
+                     "text": "zz"}
+                ],
+            },
+        }  # fmt: skip
+        lsp.send_raw(json.dumps(bad).encode())
+        warning = lsp.wait_notification(types.WINDOW_SHOW_MESSAGE, lambda p: "was invalid" in p.message)
+        assert uri in warning.message and warning.type == types.MessageType.Warning
+        assert lsp.document(uri)["inSync"] is False
+        assert not lsp.inline(uri, 1, 4).items  # nothing from a diverged text
+        lsp.change(uri, 3, (1, 11), (1, 12), "2")  # further ranged edits are not applied blindly
+        assert lsp.document(uri)["inSync"] is False
+        lsp.client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=4),
+                content_changes=[
+                    types.TextDocumentContentChangeWholeDocument(text="def g():\n    return 3\n")
+                ],
+            )
+        )
+        state = lsp.document(uri)
+        assert state["inSync"] is True and state["text"] == "def g():\n    return 3\n"
+        assert isinstance(lsp.inline(uri, 1, 4), types.InlineCompletionList)
+    finally:
+        lsp.close()
