@@ -18,6 +18,7 @@ file or key at fault, because users point the server at directories by hand.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -487,6 +488,21 @@ class _TensorStore:
             raise CheckpointError(f"cannot read tensor {name!r} from {file}: {e}") from None
 
 
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")
+
+
+def _check_layer_count(mc: ModelConfig, store: _TensorStore) -> None:
+    """The layer count of config.json against the layers the weights hold, from the tensor names
+    alone: a config that says 10^9 layers is refused at once, before anything per layer (even a
+    meta-device model) is built."""
+    found = {int(m.group(1)) for name in store.where if (m := _LAYER_INDEX.search(name))}
+    have = max(found) + 1 if found else 0
+    if mc.num_layers != have:
+        raise CheckpointError(
+            f"{CONFIG_FILE} in {store.root} says {mc.num_layers} layers but the weights hold {have}"
+        )
+
+
 def _fmt(shape: Iterable[int]) -> str:
     return "[" + ", ".join(str(int(s)) for s in shape) + "]"
 
@@ -729,6 +745,7 @@ def _plan(root: Path, family: str | None, stack: ExitStack) -> tuple[CheckpointI
     layout = detect_layout(cfg)
     store = _TensorStore(root, stack)
     mc = layout.model_config(cfg, store.__contains__)
+    _check_layer_count(mc, store)
     tok, info = load_tokenizer(root)
     spec = _resolve_family(cfg, tok, info, family)
     for what, tid in (("mask", spec.mask_id), ("pad", spec.pad_id), *(("eos", i) for i in spec.eos_ids)):
@@ -809,6 +826,7 @@ def load_model(
     with ExitStack() as stack:
         store = _TensorStore(root, stack)
         mc = lay.model_config(cfg, store.__contains__)
+        _check_layer_count(mc, store)
         model = _materialise(mc, dev, dt)
         expected = {n: tuple(p.shape) for n, p in model.named_parameters()}
         sources = lay.sources(mc)

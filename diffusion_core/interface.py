@@ -55,6 +55,9 @@ class SamplingOptions:
     # "diffusion": the model's masked-diffusion sampler; "ar": one token per forward, greedy, with
     # the base model alone (Diffill-Coder only: the peer its speed is measured against)
     decoder: str = "diffusion"
+    # Diffill-Coder: window tokens are drafts the base checks before they count (at quality 1 the
+    # output is then the base's own greedy answer); False commits them on confidence alone
+    verify: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.quality <= 1.0:

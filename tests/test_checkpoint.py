@@ -283,3 +283,23 @@ def test_default_device_and_dtype_policy() -> None:
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     assert resolve_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_config_with_absurd_layer_count_is_refused_at_once(tmp_path: Path) -> None:
+    """10^9 layers in config.json used to build the model for minutes with memory growing; it is
+    refused from the tensor names before anything per layer is built."""
+    import json
+    import time
+
+    from diffusion_core.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint
+    from diffusion_core.testing import make_tiny_model_dir
+
+    d = make_tiny_model_dir(tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["num_layers"] = 1_000_000_000
+    (d / "config.json").write_text(json.dumps(cfg))
+    t0 = time.monotonic()
+    for load in (inspect_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError, match="says 1000000000 layers but the weights hold 2"):
+            load(d)
+    assert time.monotonic() - t0 < 10

@@ -109,8 +109,13 @@ def test_cli_complete_and_infill(model_dir: Path, engine: Engine, tmp_path: Path
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["text"] == engine.infill("def add(a, b):\n    ", "\n", 12).text
+    assert out["raw"] == engine.infill("def add(a, b):\n    ", "\n", 12).text
     assert out["tokens"] <= 12 and out["steps"] >= 1
+    from diffill.commands.complete import edit_context
+    from lsp_server.postprocess import postprocess
+
+    shown = postprocess(out["raw"], edit_context("def add(a, b):\n    ", "\n"))
+    assert out["text"] == shown  # what an editor would show, not the raw middle
 
     bad = _cli("complete", str(src), "--line", "9", "--col", "1", "--model", str(model_dir))
     assert bad.returncode == 2 and "outside the file" in bad.stderr
@@ -144,3 +149,30 @@ def test_cli_complete_and_infill(model_dir: Path, engine: Engine, tmp_path: Path
     inp.write_text('{"task_id": "t/0", "prompt": 3}\n')
     r = _cli("infill", "--input", str(inp), "--output", str(outp), "--model", str(model_dir))
     assert r.returncode == 2 and "in.jsonl:1" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["complete", "FILE", "--line", "1", "--col", "1"],
+        ["infill", "--input", "IN", "--output", "OUT"],
+        ["eval", "humaneval-infilling", "--limit", "1"],
+        ["info"],
+    ],
+)
+def test_every_command_reports_a_bad_model_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "FILE").write_text("x = 1\n")
+    (tmp_path / "IN").write_text('{"task_id": "t", "prompt": "x", "suffix": ""}\n')
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "qwen2", "num_hidden_layers": 1000000000}')
+    args = [str(tmp_path / a) if a in ("FILE", "IN", "OUT") else a for a in command]
+    if command[0] == "info":
+        args.append(str(bad))
+    else:
+        args += ["--model", str(bad)]
+    r = _cli(*args)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"diffill {command[0]}: "), r.stderr

@@ -88,12 +88,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         import torch
 
-        from diffusion_core.engine import Engine
         from diffusion_core.sampler import SamplingOptions
+
+        from ._model_args import load_engine
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        engine = load_engine(args)
         completions, info = generate(
             engine,
             problems,

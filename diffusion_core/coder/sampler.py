@@ -62,8 +62,36 @@ def step_mask(start: int, pending: int, window: int, length: int, device: torch.
 @dataclass
 class CoderStats:
     forwards: int = 0
-    base_commits: int = 0  # frontier tokens (the base model's own choice)
-    adapter_commits: int = 0  # window tokens committed ahead of the frontier
+    base_commits: int = 0  # tokens the base chose itself (frontier and corrections)
+    adapter_commits: int = 0  # window tokens the adapter committed (drafts that were accepted)
+    rejected: int = 0  # drafts the base refused (each costs the window of that forward)
+
+
+def draft_threshold(opts: SamplingOptions) -> float:
+    """Confidence a window token needs to be drafted (verified mode): low, since the base checks
+    every draft, but not so low that a wrong draft wastes the next forward's window."""
+    return max(0.1, opts.tau - 0.5)
+
+
+def acceptance(opts: SamplingOptions) -> float:
+    """A draft is accepted when the base gives it at least this fraction of the probability of
+    its own first choice: 1 at quality 1 (only the base's greedy token), looser below."""
+    return min(1.0, max(0.05, opts.quality))
+
+
+def window_tokens(
+    model: torch.nn.Module,
+    hidden: torch.Tensor,
+    positions: list[int],
+    banned: torch.Tensor,
+    opts: SamplingOptions,
+    gen: torch.Generator | None,
+) -> tuple[list[int], list[float]]:
+    """The adapter's token and confidence for masked middle ``positions`` (hidden: their rows)."""
+    logits = model.logits(hidden)
+    logits[:, banned] = float("-inf")
+    tok, conf = _score(logits, opts, gen)
+    return tok.tolist(), conf.tolist()
 
 
 @torch.inference_mode()
@@ -78,75 +106,129 @@ def coder_sample(
     stop: StopCheck | None = None,
     stats: CoderStats | None = None,
 ) -> SampleOutput:
-    """Fill one middle of at most ``canvas.max_tokens`` tokens. ``stop`` is asked about the
-    committed run from the start of the middle whenever it grows; True ends the completion there
-    (the engine's stop strings, e.g. a newline for a single-line completion)."""
+    """Fill one middle of at most ``canvas.max_tokens`` tokens.
+
+    With ``opts.verify`` (the default) window tokens are *drafts*: the next forward runs them
+    through the base anyway (to extend the context), and each is kept only if the base agrees
+    (:func:`acceptance`); the first refused one is replaced by the base's own token and every
+    draft after it is dropped. So at quality 1 the output is the base's greedy decoding token for
+    token, at any number of tokens per forward. Without ``verify``, window tokens whose
+    confidence reaches tau are final (the plain diffusion commit rule). An end token from the
+    adapter ends the middle when its confidence reaches tau (the base never ends a middle).
+
+    ``stop`` is asked about the verified run from the start of the middle whenever it grows;
+    True ends the completion there (the engine's stop strings, e.g. a newline)."""
     stats = stats if stats is not None else CoderStats()
     device = model.head_weight.device
     n = canvas.max_tokens
     if n == 0:
         return SampleOutput([], 0, "length")
     ctx = context_ids(family, canvas.prefix, canvas.suffix)
-    cache: KVCache = model.new_cache(1, len(ctx) + n + 1)
+    L = len(ctx)
+    window = max(1, min(window, opts.block_size))
+    cache: KVCache = model.new_cache(1, L + n + 1)
     banned = torch.tensor(_banned(family), device=device)
     end_ids = set(family.eos_ids) | {family.pad_id}
     gen = _generator(opts, device)
-    ahead = opts.quality < 1.0  # quality 1: the frontier only, i.e. the base's greedy decoding
-    window = max(1, min(window, opts.block_size))
+    verify = opts.verify
+    ahead = opts.quality < 1.0 or verify  # quality 1 without verify: the frontier only
+    tau_draft = draft_threshold(opts) if verify else opts.tau
+    alpha = acceptance(opts)
 
     mid: list[int | None] = [None] * n  # committed middle tokens (None = masked)
+    drafted = [False] * n  # committed by the adapter, not yet checked by the base
     end = n  # the middle is mid[:end]; a committed end token moves it in
-    start = 0  # absolute position of the first row of the next forward
-    pending = list(ctx)  # tokens to append to the context in the next forward
-    b0 = 0  # the frontier: the first middle position after the context and ``pending``
+    enc = 0  # middle positions before this are in the cache (and verified)
+    b0 = 0  # the frontier: the first middle position after what the next forward appends
+    first = True
     logconf, count = 0.0, 0
     stop_reason = "length"
     while True:
         if cancel is not None and cancel():
             raise Cancelled()
+        pending = list(ctx) if first else [t for t in mid[enc:b0] if t is not None]
+        start = 0 if first else L + enc
         b1 = min(b0 + window, end)
         block = [family.mask_id if t is None else t for t in mid[b0:b1]]
-        ids = torch.tensor([pending + block], device=device)
         p = len(pending)
         mask = step_mask(start, p, len(block), cache.length, device)
+        ids = torch.tensor([pending + block], device=device)
         h = model(ids, cache=cache, start=start, attn_mask=mask, adapted=Adapted(adapter, rows_from=p))
         stats.forwards += 1
-        start += p
 
-        # the frontier b0 from the base (the last context row); b0+1.. from the window rows
-        todo = [j for j in range(b0 + 1, b1) if mid[j] is None] if ahead else []
-        rows = [p - 1] + [p + (j - b0) - 1 for j in todo]
-        logits = model.logits(h[0, rows])
-        logits[:, banned] = float("-inf")
-        tok, conf = _score(logits, opts, gen)
-        tok, conf = tok.tolist(), conf.tolist()
-        mid[b0] = tok[0]
-        stats.base_commits += 1
-        committed = [(b0, conf[0])]
-        for j, t, c in zip(todo, tok[1:], conf[1:]):
-            if c >= opts.tau:
-                mid[j] = t
-                committed.append((j, c))
+        # base rows: the last context row predicts the frontier; earlier pending rows check the
+        # drafts among the pending tokens (row k predicts middle position enc + k + 1)
+        checks = [] if first else [k for k in range(p - 1) if drafted[enc + k + 1]]
+        base_logits = model.logits(h[0, checks + [p - 1]])
+        base_logits[:, banned] = float("-inf")
+        rejected_at = None
+        if checks:
+            probs = torch.softmax(base_logits[:-1], dim=-1)
+            for i, k in enumerate(checks):
+                q = enc + k + 1
+                if probs[i, mid[q]] < alpha * probs[i].max():
+                    rejected_at, correction = q, int(probs[i].argmax())
+                    break
+        if rejected_at is not None:
+            q = rejected_at
+            stats.rejected += 1
+            stats.base_commits += 1
+            mid[q], drafted[q] = correction, False
+            for j in range(q + 1, n):
+                mid[j], drafted[j] = None, False
+            for j in range(enc, q):
+                drafted[j] = False
+            end = n if end > q else end
+            enc, b0, first = q, q + 1, False  # rewrite the cache from q: its K/V saw the refused draft
+            continue
+        for j in range(enc, b0):
+            if drafted[j]:
+                drafted[j] = False
                 stats.adapter_commits += 1
-        for _, c in committed:
-            logconf += math.log(max(c, 1e-30))
+        enc = b0
+
+        # the frontier from the base, then the window from the adapter
+        tok, conf = _score(base_logits[-1:], opts, gen)
+        t0, c0 = int(tok[0]), float(conf[0])
+        if b0 < end:
+            mid[b0] = t0
+            stats.base_commits += 1
+            logconf += math.log(max(c0, 1e-30))
             count += 1
+        todo = [j for j in range(b0 + 1, b1) if mid[j] is None] if ahead and b0 < end else []
+        if todo:
+            toks, confs = window_tokens(
+                model, h[0, [p + (j - b0) - 1 for j in todo]], todo, banned, opts, gen
+            )
+            for j, t, c in zip(todo, toks, confs):
+                if t in end_ids:
+                    if c < opts.tau:
+                        continue
+                elif c < tau_draft:
+                    continue
+                mid[j], drafted[j] = t, verify and t not in end_ids
+                if not verify:
+                    stats.adapter_commits += 1
+                logconf += math.log(max(c, 1e-30))
+                count += 1
         first_end = next((j for j in range(b0, end) if mid[j] in end_ids), None)
         if first_end is not None:
             end = first_end
-            mid[end + 1 :] = [None] * (n - end - 1)
-        # the committed run from the frontier: the next forward appends it to the context
+            for j in range(end + 1, n):
+                mid[j], drafted[j] = None, False
+        # the committed run from the frontier: the next forward appends (and checks) it
         run = b0
         while run < end and mid[run] is not None:
             run += 1
-        if stop is not None and stop([t for t in mid[:run] if t is not None]):
-            end, stop_reason = run, "stop"
-        if run >= end:
-            if end < n and stop_reason != "stop":
+        verified = run if not verify else next((j for j in range(b0, run) if drafted[j]), run)
+        if stop is not None and stop([t for t in mid[:verified] if t is not None]):
+            end, stop_reason = verified, "stop"
+            break
+        if run >= end and verified >= end:
+            if end < n:
                 stop_reason = "eos"
             break
-        pending = [t for t in mid[b0:run] if t is not None]
-        b0 = run
+        b0, first = run, False
 
     toks = [t for t in mid[:end] if t is not None and t not in family.special_ids]
     return SampleOutput(toks, stats.forwards, stop_reason, logconf / max(count, 1))

@@ -8,9 +8,11 @@ causally and without gradients; because the context is causal, that one pass hol
 K/V for *every* frontier position in the middle. Several masked variants are then cut from it:
 each picks a frontier f, a window of middle positions from f (f always masked, the others masked
 with a random ratio, positions past the end masked and targeting the end token), and runs the
-window with the adapter on top of the context K/V ``[0, L + f)``. The loss is cross-entropy on
-the masked window positions, each read from the row before it (shifted), exactly as the sampler
-reads them. The frontier itself is never supervised: the base predicts it.
+window with the adapter on top of the context K/V ``[0, L + f)``. The loss is on the masked
+window positions, each read from the row before it (shifted), exactly as the sampler reads them:
+for a middle token, cross-entropy against the base's own distribution there (self-distillation:
+the sampler keeps a draft only when the base agrees with it), for the end token and the padding
+after it, against the data. The frontier itself is never supervised: the base predicts it.
 
 Everything a run does is fixed by (seed, step), so a resumed run sees the same examples.
 State (adapter, optimiser, counters) is saved as safetensors + JSON, never pickled.
@@ -27,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..model import Adapted, Transformer
@@ -52,6 +53,7 @@ class CoderTrainConfig:
     max_suffix: int = 128
     max_middle: int = 48
     all_masked_rate: float = 0.5  # variants whose window is all masks (a fresh window)
+    distill: bool = True  # middle tokens learn the base's own distribution (what verification accepts)
     lr: float = 4e-4
     warmup: int = 30
     weight_decay: float = 0.0
@@ -140,6 +142,7 @@ class FimMaker:
 # the end tokens that pad the window past the end (easy, so they weigh little in the loss)
 CONTENT, END, PAST_END = 0, 1, 2
 PAST_END_WEIGHT = 0.1
+STAT_KEYS = ("weight", "n", "agree", "n1", "agree1", "sure", "sure_agree", "n_end", "end_acc")
 
 
 @dataclass
@@ -152,9 +155,14 @@ class Variant:
 
 
 def cut_variants(
-    middle: list[int], end_id: int, mask_id: int, window: int, k: int, all_masked_rate: float,
+    middle: list[int],
+    end_id: int,
+    mask_id: int,
+    window: int,
+    k: int,
+    all_masked_rate: float,
     rng: np.random.Generator,
-) -> list[Variant]:  # fmt: skip
+) -> list[Variant]:
     """``k`` masked windows of the middle (+ end token): what the sampler's window may hold."""
     m = len(middle)
     seq = middle + [end_id]
@@ -195,24 +203,55 @@ class ContextKV:
         return torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
 
 
+TEACHER_TOP = 32  # the base's distribution is kept on its 32 most likely tokens (the rest is ~0)
+
+
+@dataclass
+class Teacher:
+    """The base's own next-token distribution at each middle position, given the true tokens
+    before it (teacher-forced, from the same context pass): what a draft must agree with."""
+
+    ids: torch.Tensor  # [m, TEACHER_TOP]
+    probs: torch.Tensor  # [m, TEACHER_TOP], renormalised
+
+
 @torch.no_grad()
-def context_pass(model: Transformer, seq: list[int], device: torch.device) -> ContextKV:
-    """Per-layer K/V of ``seq`` under the causal base (no adapter, no gradient)."""
+def context_pass(
+    model: Transformer, seq: list[int], device: torch.device, ctx_len: int, middle_len: int
+) -> tuple[ContextKV, Teacher]:
+    """Per-layer K/V of ``seq`` under the causal base (no adapter, no gradient), and the base's
+    distribution over each of the ``middle_len`` middle tokens (rows ``ctx_len - 1`` on)."""
     t = len(seq)
     cache = model.new_cache(1, t)
     causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()[None, None]
-    model(torch.tensor([seq], device=device), cache=cache, start=0, attn_mask=causal)
-    return ContextKV(
+    h = model(torch.tensor([seq], device=device), cache=cache, start=0, attn_mask=causal)
+    logits = model.logits(h[0, ctx_len - 1 : ctx_len - 1 + middle_len])
+    top = torch.softmax(logits, -1).topk(TEACHER_TOP, dim=-1)
+    teacher = Teacher(top.indices, top.values / top.values.sum(-1, keepdim=True))
+    kv = ContextKV(
         [cache.k[i] for i in range(len(model.layers))], [cache.v[i] for i in range(len(model.layers))], 1
     )
+    return kv, teacher
 
 
 def window_loss(
-    model: Transformer, adapter: Adapter, ctx: ContextKV, ctx_len: int, variants: list[Variant],
+    model: Transformer,
+    adapter: Adapter,
+    ctx: ContextKV,
+    ctx_len: int,
+    variants: list[Variant],
     device: torch.device,
-) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """Mean cross-entropy over the supervised window rows of ``variants`` on one context, and
-    statistics of the greedy predictions (accuracy, share of confident ones and their accuracy)."""
+    teacher: Teacher | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss over the supervised window rows of ``variants`` on one context, and statistics of the
+    greedy drafts.
+
+    A middle token's row learns the base's own distribution there (``teacher``; self-distillation:
+    a draft counts only when the base agrees with it), the end token and the padding after it
+    the data (the base knows nothing of where a middle ends). Rows far from the frontier weigh
+    less: a draft there is rarely sure enough to use, and its target is the least predictable.
+    Statistics: ``agree`` (draft == the base's choice) over middle tokens, ``agree1`` at the
+    first position after the frontier, ``sure`` (confidence >= 0.9) and how often those agree."""
     k, w = len(variants), max(len(v.ids) for v in variants)
     total = ctx.ctx_k[0].shape[2]
     ids = torch.full((k, w), adapter.mask_id, dtype=torch.long)
@@ -220,37 +259,57 @@ def window_loss(
     sup = torch.zeros((k, w), dtype=torch.bool)
     tgt = torch.zeros((k, w), dtype=torch.long)
     kind = torch.full((k, w), PAST_END, dtype=torch.long)
+    tpos = torch.zeros((k, w), dtype=torch.long)  # middle index of each row's target
     mask = torch.zeros((k, 1, w, total + w), dtype=torch.bool)
     for i, v in enumerate(variants):
         n = len(v.ids)
         ids[i, :n] = torch.tensor(v.ids)
         pos[i] = ctx_len + v.frontier + torch.arange(w)
+        tpos[i] = v.frontier + 1 + torch.arange(w)
         sup[i, :n] = torch.tensor(v.supervised)
         tgt[i, :n] = torch.tensor(v.targets)
         kind[i, :n] = torch.tensor(v.kinds)
         mask[i, 0, :, : ctx_len + v.frontier] = True
         mask[i, 0, :, total : total + n] = True
-    ids, pos, sup, tgt, mask, kind = (x.to(device) for x in (ids, pos, sup, tgt, mask, kind))
+    offset = torch.arange(1, w + 1)[None, :].expand(k, w)
+    ids, pos, sup, tgt, mask, kind, tpos, offset = (
+        x.to(device) for x in (ids, pos, sup, tgt, mask, kind, tpos, offset)
+    )
     kv = ContextKV(ctx.ctx_k, ctx.ctx_v, k)
     h = model(ids, positions=pos, cache=kv, attn_mask=mask, adapted=Adapted(adapter, 0))
     logits = model.logits(h[sup])
-    target, kinds = tgt[sup], kind[sup]
-    weight = torch.where(kinds == PAST_END, PAST_END_WEIGHT, 1.0)
-    loss = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / weight.sum().clamp_min(1e-6)
+    target, kinds, where, dist = tgt[sup], kind[sup], tpos[sup], offset[sup]
+    content = kinds == CONTENT
+    logp = torch.log_softmax(logits, -1)
+    data_ce = -logp.gather(-1, target[:, None]).squeeze(-1)
+    per_row = data_ce
+    if teacher is not None and bool(content.any()):
+        t_idx = teacher.ids[where[content]]
+        t_p = teacher.probs[where[content]]
+        soft = -(t_p * logp[content].gather(-1, t_idx)).sum(-1)
+        per_row = per_row.clone()
+        per_row[content] = soft
+    weight = torch.where(kinds == PAST_END, PAST_END_WEIGHT, 1.0) / (1.0 + (dist - 1).float() / 4.0)
+    loss = (per_row * weight).sum() / weight.sum().clamp_min(1e-6)
     with torch.no_grad():
-        p = torch.softmax(logits.float(), -1)
-        conf, pred = p.max(-1)
-        right = pred == target
+        conf, pred = logp.float().exp().max(-1)
+        choice = target.clone()
+        if teacher is not None and bool(content.any()):
+            choice[content] = teacher.ids[where[content], 0]
+        agree = pred == choice
         sure = conf >= 0.9
-        content, end = kinds == CONTENT, kinds == END
+        end = kinds == END
+        first = content & (dist == 1)
         stats = {
             "weight": float(weight.sum()),
-            "n": float(content.sum()),  # accuracy statistics are over the middle's own tokens
-            "acc": float((right & content).sum()),
+            "n": float(content.sum()),
+            "agree": float((agree & content).sum()),
+            "n1": float(first.sum()),
+            "agree1": float((agree & first).sum()),
             "sure": float((sure & content).sum()),
-            "sure_acc": float((right & sure & content).sum()),
+            "sure_agree": float((agree & sure & content).sum()),
             "n_end": float(end.sum()),
-            "end_acc": float((right & end).sum()),
+            "end_acc": float((agree & end).sum()),
         }
     return loss, stats
 
@@ -389,12 +448,25 @@ class CoderTrainer:
         ctx = [fp, *ex.prefix, fs, *ex.suffix, fm]
         seq = ctx + ex.middle + [self.end_id]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            kv = context_pass(self.model, seq, self.device)
+            kv, teacher = context_pass(self.model, seq, self.device, len(ctx), len(ex.middle))
             variants = cut_variants(
-                ex.middle, self.end_id, self.adapter.mask_id, self.cfg.window, self.cfg.variants,
-                self.cfg.all_masked_rate, rng,
-            )  # fmt: skip
-            loss, stats = window_loss(self.model, self.adapter, kv, len(ctx), variants, self.device)
+                ex.middle,
+                self.end_id,
+                self.adapter.mask_id,
+                self.cfg.window,
+                self.cfg.variants,
+                self.cfg.all_masked_rate,
+                rng,
+            )
+            loss, stats = window_loss(
+                self.model,
+                self.adapter,
+                kv,
+                len(ctx),
+                variants,
+                self.device,
+                teacher if self.cfg.distill else None,
+            )
         return loss, stats, len(seq) + sum(len(v.ids) for v in variants)
 
     def train_step(self) -> dict:
@@ -402,7 +474,7 @@ class CoderTrainer:
         for g in self.opt.param_groups:
             g["lr"] = self._lr()
         rng = np.random.default_rng([self.cfg.seed, self.step])
-        total, agg, toks = 0.0, dict.fromkeys(("n", "acc", "sure", "sure_acc"), 0.0), 0
+        total, agg, toks = 0.0, dict.fromkeys(STAT_KEYS, 0.0), 0
         for _ in range(self.cfg.contexts_per_step):
             ex = self.maker.make(rng)
             loss, stats, n = self._one(ex, rng)
@@ -418,21 +490,19 @@ class CoderTrainer:
         self.step += 1
         self.tokens_seen += toks
         self.supervised += int(agg["n"])
-        return {"loss": total, "acc": agg["acc"] / max(agg["n"], 1), "tokens": toks}
+        return {"loss": total, "acc": agg["agree"] / max(agg["n"], 1), "tokens": toks}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out (validation packages) window loss and greedy accuracy; ``sure`` is the share
-        of predictions with confidence >= 0.9 and ``sure_acc`` their accuracy (what the sampler
-        would commit at tau 0.9, and how often rightly)."""
+        """Held-out (validation packages) window loss and draft statistics: ``agree`` (the draft
+        is the base's own choice) over middle tokens, ``agree1`` right after the frontier,
+        ``sure`` (share with confidence >= 0.9) and ``sure_agree`` (how often those agree),
+        ``end_acc`` (the end token right after the middle)."""
         if self.val_maker is None:
             return {}
         self.adapter.eval()
         rng = np.random.default_rng([self.cfg.seed, 10**9])
-        loss_sum, agg = (
-            0.0,
-            dict.fromkeys(("weight", "n", "acc", "sure", "sure_acc", "n_end", "end_acc"), 0.0),
-        )
+        loss_sum, agg = 0.0, dict.fromkeys(STAT_KEYS, 0.0)
         for _ in range(self.cfg.eval_examples):
             ex = self.val_maker.make(rng)
             loss, stats, _ = self._one(ex, rng)
@@ -442,9 +512,10 @@ class CoderTrainer:
         n = max(agg["n"], 1)
         return {
             "val_loss": round(loss_sum / max(agg["weight"], 1e-6), 4),
-            "val_acc": round(agg["acc"] / n, 4),
+            "val_agree": round(agg["agree"] / n, 4),
+            "val_agree1": round(agg["agree1"] / max(agg["n1"], 1), 4),
             "val_sure": round(agg["sure"] / n, 4),
-            "val_sure_acc": round(agg["sure_acc"] / max(agg["sure"], 1), 4),
+            "val_sure_agree": round(agg["sure_agree"] / max(agg["sure"], 1), 4),
             "val_end_acc": round(agg["end_acc"] / max(agg["n_end"], 1), 4),
         }
 

@@ -99,10 +99,14 @@ def write_adapter(path: Path, model: Transformer, mask_id: int, seed: int = 1, w
     save_adapter(
         ad,
         path,
-        {"model_type": CODER_MODEL_TYPE, "model_id": "diffill-coder-test", "window": window,
-         "base": {"name": "test base", "shape": shape}},
+        {
+            "model_type": CODER_MODEL_TYPE,
+            "model_id": "diffill-coder-test",
+            "window": window,
+            "base": {"name": "test base", "shape": shape},
+        },
         dtype=torch.float32,
-    )  # fmt: skip
+    )
     return path
 
 

@@ -33,8 +33,15 @@ def _install_fake_parts(root: Path, blob: bytes, version: str = "0.9.0") -> tupl
         info = root / f"fake_sns_part{i}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fake-sns-part{i}\nVersion: {version}\n")
-        parts.append(Part(f"fake-sns-part{i}", f"fake_sns_part{i}", f"data/part{i:02d}.bin", len(chunk),
-                          hashlib.sha256(chunk).hexdigest()))  # fmt: skip
+        parts.append(
+            Part(
+                f"fake-sns-part{i}",
+                f"fake_sns_part{i}",
+                f"data/part{i:02d}.bin",
+                len(chunk),
+                hashlib.sha256(chunk).hexdigest(),
+            )
+        )
     return tuple(parts)
 
 

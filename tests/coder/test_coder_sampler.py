@@ -58,8 +58,13 @@ def test_the_frontier_is_the_base_models_next_token(engine: Engine) -> None:
         window = [engine.family.mask_id] * 6
         cache = model.new_cache(1, len(ctx) + 12)
         mask = step_mask(0, len(ctx), len(window), cache.length, torch.device("cpu"))
-        h = model(torch.tensor([ctx + window]), cache=cache, start=0, attn_mask=mask,
-                  adapted=Adapted(engine.adapter, rows_from=len(ctx)))  # fmt: skip
+        h = model(
+            torch.tensor([ctx + window]),
+            cache=cache,
+            start=0,
+            attn_mask=mask,
+            adapted=Adapted(engine.adapter, rows_from=len(ctx)),
+        )
         got = model.logits(h[0, len(ctx) - 1])
         # the window itself is changed by the adapter (it is not the base's forward there)
         plain = model.logits(model(torch.tensor([ctx + window]), causal=True)[0, -1])
@@ -71,12 +76,32 @@ def test_the_frontier_is_the_base_models_next_token(engine: Engine) -> None:
 def test_quality_one_is_greedy_ar_token_for_token(engine: Engine) -> None:
     canvas = _canvas(engine, 20)
     stats = CoderStats()
-    out = coder_sample(engine.model, engine.adapter, engine.family, canvas, SamplingOptions(quality=1.0),
-                       engine.window, stats=stats)  # fmt: skip
+    out = coder_sample(
+        engine.model,
+        engine.adapter,
+        engine.family,
+        canvas,
+        SamplingOptions(quality=1.0),
+        engine.window,
+        stats=stats,
+    )
     ref = _greedy_ar(engine, canvas)
-    assert out.tokens == ref
     assert len(ref) >= 5  # the random base writes something before any end token
-    assert stats.adapter_commits == 0 and stats.forwards == stats.base_commits
+    # the adapter's end token may end it earlier; up to there it is the base's answer exactly
+    assert out.tokens == ref[: len(out.tokens)]
+    assert out.stop_reason == "eos" or out.tokens == ref
+    plain_stats = CoderStats()
+    plain = coder_sample(
+        engine.model,
+        engine.adapter,
+        engine.family,
+        canvas,
+        SamplingOptions(quality=1.0, verify=False),
+        engine.window,
+        stats=plain_stats,
+    )
+    assert plain.tokens == ref  # frontier only: no adapter token at all
+    assert plain_stats.adapter_commits == 0 and plain_stats.forwards == plain_stats.base_commits
 
 
 def _confident_every_other(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,10 +118,14 @@ def _confident_every_other(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(coder_sampler, "_score", scored)
 
 
+@pytest.mark.parametrize("verify", [False, True])
 @pytest.mark.parametrize("ahead", [False, True])
-def test_context_kv_is_computed_once(engine: Engine, monkeypatch: pytest.MonkeyPatch, ahead: bool) -> None:
-    """Every context and frontier position goes through the base exactly once: each forward
-    appends only the tokens committed since the previous one."""
+def test_context_kv_is_computed_once(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, ahead: bool, verify: bool
+) -> None:
+    """The context goes through the base exactly once, in the first forward; after it each
+    forward appends only the tokens committed since the previous one. Only a draft the base
+    refuses makes a position be written again (from that position on)."""
     if ahead:
         _confident_every_other(monkeypatch)
     canvas = _canvas(engine, 16)
@@ -109,19 +138,79 @@ def test_context_kv_is_computed_once(engine: Engine, monkeypatch: pytest.MonkeyP
         return real(*args, **kw)
 
     monkeypatch.setattr(engine.model, "forward", counting)
-    out = coder_sample(engine.model, engine.adapter, engine.family, canvas, SamplingOptions(quality=0.5),
-                       engine.window)  # fmt: skip
-    positions = [p for start, rows in seen for p in range(start, start + rows)]
+    stats = CoderStats()
+    out = coder_sample(
+        engine.model,
+        engine.adapter,
+        engine.family,
+        canvas,
+        SamplingOptions(quality=0.5, verify=verify),
+        engine.window,
+        stats=stats,
+    )
     assert seen[0] == (0, n_ctx)  # the first forward encodes the whole context
-    assert len(positions) == len(set(positions))  # nothing is encoded twice
-    assert positions == list(range(len(positions)))  # and nothing is skipped
+    assert all(start >= n_ctx for start, _ in seen[1:])  # and no later one touches it
     assert len(seen) == out.steps
+    rewinds = sum(1 for (s0, r0), (s1, _) in zip(seen, seen[1:]) if s1 < s0 + r0)
+    assert rewinds == stats.rejected
+    if not verify:
+        positions = [p for start, rows in seen for p in range(start, start + rows)]
+        assert positions == list(range(len(positions)))  # each position once, none skipped
     if ahead:
         assert max(rows for _, rows in seen[1:]) > 1
 
 
+def test_verified_drafts_that_match_the_base_are_all_kept(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An adapter that drafts the base's own next tokens: every draft is accepted, so several
+    tokens come from each forward and the answer is still the base's, token for token."""
+    canvas = _canvas(engine, 16)
+    ref = _greedy_ar(engine, canvas)
+
+    def oracle(model, hidden, positions, banned, opts, gen):  # noqa: ANN001, ANN202
+        return [ref[j] if j < len(ref) else engine.family.eos_ids[0] for j in positions], [0.99] * len(
+            positions
+        )
+
+    monkeypatch.setattr(coder_sampler, "window_tokens", oracle)
+    stats = CoderStats()
+    out = coder_sample(
+        engine.model, engine.adapter, engine.family, canvas, SamplingOptions(quality=1.0), 8, stats=stats
+    )
+    assert out.tokens == ref[:16]
+    assert stats.rejected == 0 and stats.adapter_commits > 0
+    assert len(out.tokens) / out.steps >= 3
+
+
+def test_refused_drafts_are_replaced_by_the_base_token(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every other draft wrong: each is caught, the base's token replaces it, and the answer is
+    exactly the base's greedy decoding."""
+    canvas = _canvas(engine, 16)
+    ref = _greedy_ar(engine, canvas)
+    vocab = engine.tokenizer.vocab_size
+
+    def half_wrong(model, hidden, positions, banned, opts, gen):  # noqa: ANN001, ANN202
+        toks = [
+            ref[j] if j % 2 == 0 and j < len(ref) else (ref[j] + 1) % vocab if j < len(ref) else 5
+            for j in positions
+        ]
+        return toks, [0.8] * len(positions)
+
+    monkeypatch.setattr(coder_sampler, "window_tokens", half_wrong)
+    stats = CoderStats()
+    out = coder_sample(
+        engine.model, engine.adapter, engine.family, canvas, SamplingOptions(quality=1.0), 8, stats=stats
+    )
+    assert out.tokens == ref[: len(out.tokens)] and len(out.tokens) == min(16, len(ref))
+    assert stats.rejected > 0
+
+
 def test_lower_quality_commits_ahead_of_the_frontier(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With every window position confident, one forward commits the whole window."""
+    """Without verification, every window position above tau is final: one forward commits the
+    whole window."""
     real = coder_sampler._score
 
     def confident(logits, opts, gen):  # noqa: ANN001, ANN202
@@ -132,11 +221,23 @@ def test_lower_quality_commits_ahead_of_the_frontier(engine: Engine, monkeypatch
     canvas = _canvas(engine, 16)
     fast = CoderStats()
     out = coder_sample(
-        engine.model, engine.adapter, engine.family, canvas, SamplingOptions(quality=0.5), 8, stats=fast
+        engine.model,
+        engine.adapter,
+        engine.family,
+        canvas,
+        SamplingOptions(quality=0.5, verify=False),
+        8,
+        stats=fast,
     )
     slow = CoderStats()
     coder_sample(
-        engine.model, engine.adapter, engine.family, canvas, SamplingOptions(quality=1.0), 8, stats=slow
+        engine.model,
+        engine.adapter,
+        engine.family,
+        canvas,
+        SamplingOptions(quality=1.0, verify=False),
+        8,
+        stats=slow,
     )
     assert fast.adapter_commits > 0
     assert fast.forwards < slow.forwards
@@ -144,7 +245,7 @@ def test_lower_quality_commits_ahead_of_the_frontier(engine: Engine, monkeypatch
     assert len(out.tokens) <= 16
 
 
-def test_a_committed_end_token_ends_the_middle(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_end_token_from_the_base_ends_the_middle(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     end = engine.family.eos_ids[0]
     real = coder_sampler._score
     calls = {"n": 0}
@@ -158,9 +259,35 @@ def test_a_committed_end_token_ends_the_middle(engine: Engine, monkeypatch: pyte
         return tok, conf
 
     monkeypatch.setattr(coder_sampler, "_score", end_at_third)
-    out = coder_sample(engine.model, engine.adapter, engine.family, _canvas(engine, 30),
-                       SamplingOptions(quality=1.0), 8)  # fmt: skip
+    out = coder_sample(
+        engine.model,
+        engine.adapter,
+        engine.family,
+        _canvas(engine, 30),
+        SamplingOptions(quality=1.0, verify=False),
+        8,
+    )
     assert out.stop_reason == "eos" and len(out.tokens) == 2 and out.steps == 3
+
+
+@pytest.mark.parametrize(("conf", "ends"), [(0.999, True), (0.6, False)])
+def test_the_adapters_end_token_ends_the_middle_when_sure(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, conf: float, ends: bool
+) -> None:
+    """The base never ends a middle; the adapter's end token does, at confidence >= tau."""
+    canvas = _canvas(engine, 16)
+    ref = _greedy_ar(engine, canvas)
+    end = engine.family.eos_ids[0]
+
+    def end_at_four(model, hidden, positions, banned, opts, gen):  # noqa: ANN001, ANN202
+        return [end if j == 4 else ref[j] for j in positions], [conf if j == 4 else 0.99 for j in positions]
+
+    monkeypatch.setattr(coder_sampler, "window_tokens", end_at_four)
+    out = coder_sample(engine.model, engine.adapter, engine.family, canvas, SamplingOptions(quality=0.7), 8)
+    if ends:
+        assert out.stop_reason == "eos" and out.tokens == ref[:4]
+    else:
+        assert out.tokens == ref[: len(out.tokens)] and len(out.tokens) > 4
 
 
 def test_engine_stop_strings_and_cancel(engine: Engine) -> None:
