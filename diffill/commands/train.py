@@ -42,8 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             flag = "--" + f.name.replace("_", "-")
             kind = _bool if isinstance(f.default, bool) else type(f.default)
             p.add_argument(flag, type=kind, default=None, help=f"(default: {f.default})")
-    p.add_argument("--export", default=None, help="also write the trained model here (--coder: the "
-                   "adapter, default diffusion_core/coder/weights)")  # fmt: skip
+    p.add_argument(
+        "--export",
+        default=None,
+        help="also write the trained model here (--coder: the adapter, default diffusion_core/coder/weights)",
+    )
     p.add_argument(
         "--log", default=None, help="append JSON lines of metrics to this file (default: OUT/log.jsonl)"
     )
@@ -118,8 +121,10 @@ def _run_coder(cfg, args: argparse.Namespace) -> int:  # noqa: ANN001
             trainer.init_from(start)
             print(f"continuing the adapter in {start} ({trainer.tokens_seen:,} tokens seen so far)")
     n = sum(p.numel() for p in trainer.adapter.parameters())
-    print(f"adapter: {n / 1e6:.2f}M parameters on {BASE_NAME} ({device}, {str(dtype)[6:]}); "
-          f"{len(texts)} training files, {len(val)} validation files")  # fmt: skip
+    print(
+        f"adapter: {n / 1e6:.2f}M parameters on {BASE_NAME} ({device}, {str(dtype)[6:]}); "
+        f"{len(texts)} training files, {len(val)} validation files"
+    )
     config = {
         "model_type": CODER_MODEL_TYPE,
         "model_id": "diffill-coder",

