@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .coder.prefix_cache import PrefixCache
 from .expand_sampler import expand_sample
 from .families import FamilySpec
 from .interface import Cancelled, Completion, InfillRequest, SamplingOptions
@@ -87,6 +88,8 @@ class Engine:
     adapter: RowAdapter | None = None
     window: int = 16  # middle positions the adapter denoises at once
     about: dict = field(default_factory=dict)  # what info() adds (base, adapter, training)
+    # Diffill-Coder: context K/V reused across requests from the longest common prefix
+    prefix_cache: PrefixCache | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _runner: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -144,8 +147,18 @@ class Engine:
         assert self.adapter is not None
         check = (lambda toks: any(s in self.tokenizer.decode(toks) for s in stop)) if stop else None
         if opts.decoder == "ar":
-            return ar_sample(self.model, self.family, canvas, cancel, check)
-        return coder_sample(self.model, self.adapter, self.family, canvas, opts, self.window, cancel, check)
+            return ar_sample(self.model, self.family, canvas, cancel, check, self.prefix_cache)
+        return coder_sample(
+            self.model,
+            self.adapter,
+            self.family,
+            canvas,
+            opts,
+            self.window,
+            cancel,
+            check,
+            prefix_cache=self.prefix_cache,
+        )
 
     def _sample_predicted(self, canvases: list[Canvas], opts: SamplingOptions, cancel: CancelCheck | None):  # noqa: ANN202
         """One forward predicts each middle's length, then each is decoded with that many masks."""
@@ -201,6 +214,7 @@ class Engine:
                 dtype=lc.dtype,
                 adapter=lc.adapter,
                 window=lc.window,
+                prefix_cache=PrefixCache(),
                 about={
                     "base": str(lc.base_dir),
                     "adapter": str(lc.adapter_dir),
@@ -309,7 +323,10 @@ class Engine:
     # ----------------------------------------------------------------------------- info
     def info(self) -> dict:
         cfg = self.model.cfg
-        return self.about | {
+        extra = dict(self.about)
+        if self.prefix_cache is not None:
+            extra["prefix_cache"] = self.prefix_cache.stats()
+        return extra | {
             "model_id": self.model_id,
             "family": self.family.name,
             "parameters": sum(p.numel() for p in self.model.parameters()),

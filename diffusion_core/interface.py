@@ -58,6 +58,8 @@ class SamplingOptions:
     # Diffill-Coder: window tokens are drafts the base checks before they count (at quality 1 the
     # output is then the base's own greedy answer); False commits them on confidence alone
     verify: bool = True
+    # with verify: where the adapter is unsure, also draft tokens copied from the context
+    lookup: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.quality <= 1.0:

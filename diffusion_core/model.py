@@ -99,7 +99,10 @@ def _linear(lin: nn.Linear, x: torch.Tensor, ad: Adapted | None, layer: int, nam
     if ad is None or ad.rows_from >= x.shape[1]:
         return y
     s = ad.rows_from
-    delta = ad.adapter.delta(layer, name, x[:, s:])
+    delta = ad.adapter.delta(layer, name, x[:, s:]).to(y.dtype)
+    if not torch.is_grad_enabled():  # inference: add in place, no copy of the base rows
+        y[:, s:] += delta
+        return y
     if s == 0:
         return y + delta
     return torch.cat([y[:, :s], y[:, s:] + delta], dim=1)

@@ -106,7 +106,9 @@ class Adapter(nn.Module):
         lora = self.layers[layer]
         if name not in lora.a:
             return torch.zeros((), dtype=x.dtype, device=x.device)
-        return F.linear(F.linear(x, lora.a[name]), lora.b[name]) * self.scale
+        a, b = lora.a[name], lora.b[name]
+        # in the factors' own dtype: on the CPU, fp32 is ~3x faster than bf16 for these thin matmuls
+        return F.linear(F.linear(x.to(a.dtype), a), b) * self.scale
 
     def embed_masks(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.where((ids == self.mask_id)[..., None], self.mask_embed.to(x.dtype), x)

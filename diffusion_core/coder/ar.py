@@ -14,7 +14,8 @@ import torch
 from ..families import FamilySpec
 from ..interface import Cancelled
 from ..sampler import Canvas, SampleOutput, _banned
-from .sampler import context_ids, step_mask
+from .prefix_cache import PrefixCache
+from .sampler import context_ids, lend_cache, step_mask
 
 __all__ = ["ar_sample"]
 
@@ -26,16 +27,28 @@ def ar_sample(
     canvas: Canvas,
     cancel: Callable[[], bool] | None = None,
     stop: Callable[[list[int]], bool] | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> SampleOutput:
-    """One token per forward: the prompt once, then each new token appended to the cache."""
-    device = model.head_weight.device
+    """One token per forward: the prompt once (what ``prefix_cache`` does not already hold),
+    then each new token appended to the cache."""
     n = canvas.max_tokens
     ctx = context_ids(family, canvas.prefix, canvas.suffix)
-    cache = model.new_cache(1, len(ctx) + n + 1)
+    cache, reused = lend_cache(model, prefix_cache, ctx, len(ctx) + n + 1)
+    out = SampleOutput([], 0, "length")
+    try:
+        out = _decode(model, family, ctx, n, cache, reused, cancel, stop)
+        return out
+    finally:
+        if prefix_cache is not None:
+            prefix_cache.put(ctx if out.steps else ctx[:reused], cache)
+
+
+def _decode(model, family, ctx, n, cache, reused, cancel, stop) -> SampleOutput:  # noqa: ANN001
+    device = model.head_weight.device
     banned = torch.tensor(_banned(family), device=device)
     ends = set(family.eos_ids) | {family.pad_id}
     out: list[int] = []
-    pending, start, forwards = ctx, 0, 0
+    pending, start, forwards = ctx[reused:], reused, 0
     reason = "length"
     while len(out) < n:
         if cancel is not None and cancel():

@@ -119,7 +119,8 @@ def load_coder(
         )
     tok, _ = load_tokenizer(base_dir)
     try:
-        adapter = load_adapter(adapter_dir, model.cfg, dev, dt)
+        # fp32 factors on the CPU (thin matmuls run faster than in bf16 there); the model's dtype on GPUs
+        adapter = load_adapter(adapter_dir, model.cfg, dev, torch.float32 if dev.type == "cpu" else dt)
     except AdapterError as e:
         raise CheckpointError(str(e)) from None
     try:

@@ -33,6 +33,7 @@ from ..interface import Cancelled, SamplingOptions
 from ..kv_cache import KVCache
 from ..model import Adapted, RowAdapter
 from ..sampler import Canvas, SampleOutput, _banned, _generator, _score
+from .prefix_cache import PrefixCache
 
 __all__ = ["CoderStats", "coder_sample", "context_ids", "step_mask"]
 
@@ -65,6 +66,27 @@ class CoderStats:
     base_commits: int = 0  # tokens the base chose itself (frontier and corrections)
     adapter_commits: int = 0  # window tokens the adapter committed (drafts that were accepted)
     rejected: int = 0  # drafts the base refused (each costs the window of that forward)
+    lookup_drafts: int = 0  # drafts copied from the context (accepted or not)
+
+
+class ContextLookup:
+    """Drafts copied from the context: the tokens that followed the last two (or one) committed
+    tokens where they last occur in the prompt (prefix and suffix). Code repeats itself (names,
+    call shapes, the next line of a pattern), and the base checks every draft anyway, so a wrong
+    copy costs only the window of one forward (prompt lookup, as in llama.cpp's lookup decoding)."""
+
+    def __init__(self, ctx: list[int]) -> None:
+        self.ctx = ctx
+        self.last: dict[tuple[int, ...], int] = {}  # n-gram -> index after its last occurrence
+        for n in (1, 2):
+            for i in range(len(ctx) - n):
+                self.last[tuple(ctx[i : i + n])] = i + n
+
+    def continuation(self, tail: list[int], k: int) -> list[int]:
+        for n in (2, 1):
+            if len(tail) >= n and (at := self.last.get(tuple(tail[-n:]))) is not None:
+                return self.ctx[at : at + k]
+        return []
 
 
 def draft_threshold(opts: SamplingOptions) -> float:
@@ -80,16 +102,10 @@ def acceptance(opts: SamplingOptions) -> float:
 
 
 def window_tokens(
-    model: torch.nn.Module,
-    hidden: torch.Tensor,
-    positions: list[int],
-    banned: torch.Tensor,
-    opts: SamplingOptions,
-    gen: torch.Generator | None,
+    logits: torch.Tensor, positions: list[int], opts: SamplingOptions, gen: torch.Generator | None
 ) -> tuple[list[int], list[float]]:
-    """The adapter's token and confidence for masked middle ``positions`` (hidden: their rows)."""
-    logits = model.logits(hidden)
-    logits[:, banned] = float("-inf")
+    """The adapter's token and confidence for masked middle ``positions`` (``logits``: their rows,
+    banned tokens already at -inf)."""
     tok, conf = _score(logits, opts, gen)
     return tok.tolist(), conf.tolist()
 
@@ -105,6 +121,7 @@ def coder_sample(
     cancel: CancelCheck | None = None,
     stop: StopCheck | None = None,
     stats: CoderStats | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> SampleOutput:
     """Fill one middle of at most ``canvas.max_tokens`` tokens.
 
@@ -117,16 +134,50 @@ def coder_sample(
     adapter ends the middle when its confidence reaches tau (the base never ends a middle).
 
     ``stop`` is asked about the verified run from the start of the middle whenever it grows;
-    True ends the completion there (the engine's stop strings, e.g. a newline)."""
+    True ends the completion there (the engine's stop strings, e.g. a newline).
+
+    ``prefix_cache`` lends the K/V of an earlier context sharing a prefix with this one (only
+    the rest of the context is computed) and keeps this one's for the next request."""
     stats = stats if stats is not None else CoderStats()
-    device = model.head_weight.device
     n = canvas.max_tokens
     if n == 0:
         return SampleOutput([], 0, "length")
     ctx = context_ids(family, canvas.prefix, canvas.suffix)
-    L = len(ctx)
     window = max(1, min(window, opts.block_size))
-    cache: KVCache = model.new_cache(1, L + n + 1)
+    cache, reused = lend_cache(model, prefix_cache, ctx, len(ctx) + n + 1)
+    before = stats.forwards
+    try:
+        return _sample(model, adapter, family, ctx, n, opts, window, cache, reused, cancel, stop, stats)
+    finally:
+        if prefix_cache is not None:  # the context is in the cache once the first forward ran
+            prefix_cache.put(ctx if stats.forwards > before else ctx[:reused], cache)
+
+
+def lend_cache(
+    model: torch.nn.Module, prefix_cache: PrefixCache | None, ctx: list[int], length: int
+) -> tuple[KVCache, int]:
+    """A K/V cache of ``length`` positions and how many context positions it already holds."""
+    if prefix_cache is None:
+        return model.new_cache(1, length), 0
+    return prefix_cache.take(ctx, length, lambda m: model.new_cache(1, m))
+
+
+def _sample(
+    model: torch.nn.Module,
+    adapter: RowAdapter,
+    family: FamilySpec,
+    ctx: list[int],
+    n: int,
+    opts: SamplingOptions,
+    window: int,
+    cache: KVCache,
+    reused: int,
+    cancel: CancelCheck | None,
+    stop: StopCheck | None,
+    stats: CoderStats,
+) -> SampleOutput:
+    device = model.head_weight.device
+    L = len(ctx)
     banned = torch.tensor(_banned(family), device=device)
     end_ids = set(family.eos_ids) | {family.pad_id}
     gen = _generator(opts, device)
@@ -134,6 +185,7 @@ def coder_sample(
     ahead = opts.quality < 1.0 or verify  # quality 1 without verify: the frontier only
     tau_draft = draft_threshold(opts) if verify else opts.tau
     alpha = acceptance(opts)
+    lookup = ContextLookup(ctx) if opts.lookup else None
 
     mid: list[int | None] = [None] * n  # committed middle tokens (None = masked)
     drafted = [False] * n  # committed by the adapter, not yet checked by the base
@@ -146,8 +198,8 @@ def coder_sample(
     while True:
         if cancel is not None and cancel():
             raise Cancelled()
-        pending = list(ctx) if first else [t for t in mid[enc:b0] if t is not None]
-        start = 0 if first else L + enc
+        pending = ctx[reused:] if first else [t for t in mid[enc:b0] if t is not None]
+        start = reused if first else L + enc
         b1 = min(b0 + window, end)
         block = [family.mask_id if t is None else t for t in mid[b0:b1]]
         p = len(pending)
@@ -159,8 +211,11 @@ def coder_sample(
         # base rows: the last context row predicts the frontier; earlier pending rows check the
         # drafts among the pending tokens (row k predicts middle position enc + k + 1)
         checks = [] if first else [k for k in range(p - 1) if drafted[enc + k + 1]]
-        base_logits = model.logits(h[0, checks + [p - 1]])
-        base_logits[:, banned] = float("-inf")
+        # the window's rows too, in the same LM-head call (reading the 150k-row head once)
+        todo = [j for j in range(b0 + 1, b1) if mid[j] is None] if ahead and b0 < end else []
+        all_logits = model.logits(h[0, checks + [p - 1] + [p + (j - b0) - 1 for j in todo]])
+        all_logits[:, banned] = float("-inf")
+        base_logits, window_logits = all_logits[: len(checks) + 1], all_logits[len(checks) + 1 :]
         rejected_at = None
         if checks:
             probs = torch.softmax(base_logits[:-1], dim=-1)
@@ -195,11 +250,8 @@ def coder_sample(
             stats.base_commits += 1
             logconf += math.log(max(c0, 1e-30))
             count += 1
-        todo = [j for j in range(b0 + 1, b1) if mid[j] is None] if ahead and b0 < end else []
         if todo:
-            toks, confs = window_tokens(
-                model, h[0, [p + (j - b0) - 1 for j in todo]], todo, banned, opts, gen
-            )
+            toks, confs = window_tokens(window_logits, todo, opts, gen)
             for j, t, c in zip(todo, toks, confs):
                 if t in end_ids:
                     if c < opts.tau:
@@ -211,6 +263,14 @@ def coder_sample(
                     stats.adapter_commits += 1
                 logconf += math.log(max(c, 1e-30))
                 count += 1
+        if verify and lookup is not None and b0 < end:
+            # where the adapter is unsure, draft what followed the same tokens in the context
+            tail = [t for t in mid[max(0, b0 - 2) : b0 + 1] if t is not None]
+            for j, t in zip(range(b0 + 1, b1), lookup.continuation(tail, b1 - b0 - 1)):
+                if mid[j] is not None or t in end_ids:
+                    break
+                mid[j], drafted[j] = t, True
+                stats.lookup_drafts += 1
         first_end = next((j for j in range(b0, end) if mid[j] in end_ids), None)
         if first_end is not None:
             end = first_end

@@ -168,7 +168,7 @@ def test_verified_drafts_that_match_the_base_are_all_kept(
     canvas = _canvas(engine, 16)
     ref = _greedy_ar(engine, canvas)
 
-    def oracle(model, hidden, positions, banned, opts, gen):  # noqa: ANN001, ANN202
+    def oracle(logits, positions, opts, gen):  # noqa: ANN001, ANN202
         return [ref[j] if j < len(ref) else engine.family.eos_ids[0] for j in positions], [0.99] * len(
             positions
         )
@@ -192,7 +192,7 @@ def test_refused_drafts_are_replaced_by_the_base_token(
     ref = _greedy_ar(engine, canvas)
     vocab = engine.tokenizer.vocab_size
 
-    def half_wrong(model, hidden, positions, banned, opts, gen):  # noqa: ANN001, ANN202
+    def half_wrong(logits, positions, opts, gen):  # noqa: ANN001, ANN202
         toks = [
             ref[j] if j % 2 == 0 and j < len(ref) else (ref[j] + 1) % vocab if j < len(ref) else 5
             for j in positions
@@ -279,7 +279,7 @@ def test_the_adapters_end_token_ends_the_middle_when_sure(
     ref = _greedy_ar(engine, canvas)
     end = engine.family.eos_ids[0]
 
-    def end_at_four(model, hidden, positions, banned, opts, gen):  # noqa: ANN001, ANN202
+    def end_at_four(logits, positions, opts, gen):  # noqa: ANN001, ANN202
         return [end if j == 4 else ref[j] for j in positions], [conf if j == 4 else 0.99 for j in positions]
 
     monkeypatch.setattr(coder_sampler, "window_tokens", end_at_four)

@@ -1,0 +1,101 @@
+"""Context K/V reused across requests: exact (same tokens as without it), only the changed tail
+of the context is computed, bounded in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_core.coder.prefix_cache import PrefixCache, common_prefix
+from diffusion_core.coder.sampler import CoderStats, coder_sample, context_ids
+from diffusion_core.engine import Engine
+from diffusion_core.interface import SamplingOptions
+from diffusion_core.sampler import Canvas
+
+LINES = [
+    f"def handler_{i}(request, value={i}):\n    return request.get('k{i}', value) + {i}\n" for i in range(30)
+]
+PREFIX = "".join(LINES) + "\ndef main():\n    total = handler_3("
+SUFFIX = ")\n    print(total)\n"
+
+
+@pytest.fixture(scope="module")
+def engine(coder_dirs: tuple[Path, Path]) -> Engine:
+    base, adapter = coder_dirs
+    return Engine.from_pretrained(adapter, base=base, device="cpu", dtype="float32", progress=False)
+
+
+def _run(engine: Engine, prefix: str, suffix: str, cache: PrefixCache | None, seen: list | None = None):
+    p, s = engine.fit_context(prefix, suffix)
+    stats = CoderStats()
+    out = coder_sample(
+        engine.model,
+        engine.adapter,
+        engine.family,
+        Canvas(p, s, 12),
+        SamplingOptions(quality=0.7),
+        engine.window,
+        stats=stats,
+        prefix_cache=cache,
+    )
+    return out, context_ids(engine.family, p, s)
+
+
+def test_reuse_is_exact_and_computes_only_the_changed_tail(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = PrefixCache()
+    first, ctx1 = _run(engine, PREFIX, SUFFIX, cache)
+    rows: list[tuple[int, int]] = []
+    real = engine.model.forward
+
+    def counting(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        rows.append((kw["start"], kw["adapted"].rows_from))
+        return real(*args, **kw)
+
+    # one character typed at the cursor
+    monkeypatch.setattr(engine.model, "forward", counting)
+    typed, ctx2 = _run(engine, PREFIX + "r", SUFFIX, cache)
+    monkeypatch.undo()
+    fresh, _ = _run(engine, PREFIX + "r", SUFFIX, None)
+    assert typed.tokens == fresh.tokens  # the reused K/V is the K/V
+    shared = common_prefix(ctx1, ctx2)
+    assert rows[0] == (shared, len(ctx2) - shared)  # the first forward ran only the new tail
+    assert shared / len(ctx2) >= 0.8
+    st = cache.stats()
+    assert st["reused_context_tokens"] == shared and st["prefix_cache_entries"] == 1
+
+
+def test_the_same_context_again_recomputes_only_its_last_token(engine: Engine) -> None:
+    cache = PrefixCache()
+    a, ctx = _run(engine, PREFIX, SUFFIX, cache)
+    b, _ = _run(engine, PREFIX, SUFFIX, cache)
+    assert a.tokens == b.tokens
+    assert cache.stats()["reused_context_tokens"] == len(ctx) - 1
+
+
+def test_memory_is_bounded(engine: Engine) -> None:
+    one = engine.model.new_cache(1, 64)
+    per = 2 * one.k.numel() * one.k.element_size()
+    cache = PrefixCache(max_bytes=3 * per, slack=0)
+    for i in range(6):
+        c, _ = cache.take([i, 1, 2], 64, lambda m: engine.model.new_cache(1, m))
+        cache.put([i, 1, 2], c)
+    assert cache.stats()["prefix_cache_entries"] == 3 and cache.nbytes <= 3 * per
+    # the most recent ones are kept
+    _, n = cache.take([5, 1, 2, 9], 64, lambda m: engine.model.new_cache(1, m))
+    assert n == 3
+
+
+def test_engine_reuses_across_infill_calls(engine: Engine) -> None:
+    engine.prefix_cache.clear()
+    before = engine.info()["prefix_cache"]["reused_context_tokens"]
+    engine.infill(PREFIX, SUFFIX, max_tokens=6)
+    engine.infill(PREFIX + "x", SUFFIX, max_tokens=6)
+    engine.infill(PREFIX + "x", SUFFIX, max_tokens=6, options=SamplingOptions(decoder="ar"))
+    info = engine.info()["prefix_cache"]
+    assert info["reused_context_tokens"] - before > 0.8 * 2 * len(engine.tokenizer.encode(PREFIX))
+    with torch.no_grad():
+        assert info["prefix_cache_bytes"] > 0
