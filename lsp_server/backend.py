@@ -36,6 +36,7 @@ class InfillJob:
     language: str | None = None
     quality: float = 0.5
     length: str = "auto"
+    stop: tuple[str, ...] = ()  # end the middle at the first of these (a newline mid-line)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class EngineBackend:
                 max_tokens=j.max_tokens,
                 language=j.language,
                 options=self._options(quality=j.quality, length=j.length),
+                stop=j.stop,
             )
             for j in jobs
         ]
@@ -104,6 +106,11 @@ class EngineBackend:
         except self._cancelled_exc as exc:
             raise BackendCancelled(str(exc)) from exc
         return [o.text for o in outs]
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's own counters where it has them (context K/V reuse, for the status)."""
+        info = getattr(self.engine, "prefix_cache", None)
+        return info.stats() if info is not None and hasattr(info, "stats") else {}
 
     def close(self) -> None:
         closer = getattr(self.engine, "close", None)

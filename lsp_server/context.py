@@ -113,12 +113,29 @@ def _line_starts(text: str) -> list[int]:
     return [0] + [m.end() for m in _EOL.finditer(text) if m.end() < len(text)]
 
 
-def cut_prefix(text: str, budget: int, count: Callable[[str], int]) -> str:
-    """The longest end of ``text`` within ``budget`` tokens, starting at a line start if possible."""
+ANCHOR_CHARS = 160  # how much of the kept prefix's start identifies it for the next request
+REFILL = 0.75  # a fresh cut keeps this share of the budget, leaving room to type before the next
+
+
+def cut_prefix(text: str, budget: int, count: Callable[[str], int], anchor: str | None = None) -> str:
+    """The longest end of ``text`` within ``budget`` tokens, starting at a line start if possible.
+
+    ``anchor`` (the start of the previous request's cut, see :data:`ANCHOR_CHARS`) keeps the cut
+    where it was while the text from there still fits: typing at the cursor then leaves every
+    token before the cursor unchanged, so the engine reuses their K/V. When the text outgrows the
+    budget the cut is made afresh at :data:`REFILL` of it, so it then stays put for a while."""
     if budget <= 0 or not text:
         return ""
+    if anchor:
+        at = text.rfind(anchor)
+        if at == 0 or (at > 0 and text[at - 1] in "\r\n"):
+            kept = text[at:]
+            if count(kept) <= budget:
+                return kept
     if count(text) <= budget:
         return text
+    if anchor is not None:
+        budget = max(1, int(budget * REFILL))
     starts = _line_starts(text)
     lo, hi = 1, len(starts)  # find the first start index whose rest fits
     while lo < hi:

@@ -239,6 +239,8 @@ class RemoteBackend:
             "suffix": suffix,
             "max_tokens": r.max_tokens,
         }
+        if r.stop:
+            body["stop"] = list(r.stop)
         o = r.options
         if o is not None:
             body["temperature"] = o.temperature

@@ -563,6 +563,7 @@ def create_server(
             "openDocuments": len(ls.store),
             "positionEncoding": ls.store.encoding,
             "settings": ls.settings.to_json(),  # the API key masked
+            "engine": ls.worker.backend_stats(),
         }
 
     @ls.feature(DOCUMENT_STATE_REQUEST)

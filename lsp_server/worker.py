@@ -107,6 +107,14 @@ class EngineWorker:
             await asyncio.sleep(0.05)
         return self.ready
 
+    def backend_stats(self) -> dict[str, Any]:
+        backend = self.backend
+        stats = getattr(backend, "stats", None)
+        try:
+            return dict(stats()) if callable(stats) else {}
+        except Exception:  # noqa: BLE001 - counters are a nicety
+            return {}
+
     @property
     def busy(self) -> bool:
         """Whether real (non-prefetch) work waits; prefetches are started only when idle."""

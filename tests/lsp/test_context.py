@@ -95,3 +95,27 @@ def test_language_server_package_imports_no_torch():
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_an_anchored_prefix_cut_stays_put_while_typing():
+    """Typing at the cursor must not move the far end of the prefix at every line (that would
+    change every token's position and throw away the engine's context K/V)."""
+    from lsp_server.context import ANCHOR_CHARS, cut_prefix
+
+    count = lambda t: len(t.split())  # noqa: E731 - a word is a token here
+    text = "".join(f"value_{i} = compute({i}, a, b)\n" for i in range(200))
+    budget = 300
+    anchor: str | None = ""
+    starts, free_starts = [], []
+    for i in range(600):  # type 600 words, one line per 4
+        text += f"w{i} " + ("\n" if i % 4 == 3 else "")
+        cut = cut_prefix(text, budget, count, anchor)
+        assert count(cut) <= budget and text.endswith(cut)
+        starts.append(len(text) - len(cut))
+        anchor = cut[:ANCHOR_CHARS]
+        free = cut_prefix(text, budget, count)
+        free_starts.append(len(text) - len(free))
+    moves = sum(a != b for a, b in zip(starts, starts[1:]))
+    free_moves = sum(a != b for a, b in zip(free_starts, free_starts[1:]))
+    assert free_moves > 100  # without the anchor the cut moves with nearly every line typed
+    assert moves <= 12  # with it: only when the budget is outgrown (then at 75%, so rarely)

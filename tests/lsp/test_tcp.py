@@ -78,7 +78,7 @@ async def client_for(server: TcpServer, token: str | None) -> tuple[LanguageClie
         )
     )
     res = await asyncio.wait_for(
-        client.initialize_async(types.InitializeParams(capabilities=caps, initialization_options=opts)), 30
+        client.initialize_async(types.InitializeParams(capabilities=caps, initialization_options=opts)), 120
     )
     client.initialized(types.InitializedParams())
     return client, res
@@ -117,7 +117,7 @@ def test_token_file_is_owner_only_and_the_session_speaks_lsp(tiny_model: Path, t
             assert res.capabilities.completion_provider is None
             await client.shutdown_async(None)
             client.exit(None)
-            return await asyncio.wait_for(server.proc.wait(), 20)
+            return await asyncio.wait_for(server.proc.wait(), 60)
         finally:
             await stop(server)
 
@@ -146,7 +146,7 @@ def test_wrong_token_no_token_and_non_lsp_bytes_are_refused(tiny_model: Path, tm
             client, _ = await client_for(server, server.token)
             await client.shutdown_async(None)
             client.exit(None)
-            assert await asyncio.wait_for(server.proc.wait(), 20) == 0
+            assert await asyncio.wait_for(server.proc.wait(), 60) == 0
         finally:
             await stop(server)
 
@@ -182,14 +182,14 @@ def test_two_clients_are_isolated(tiny_model: Path, tmp_path: Path) -> None:
                 == TEXT
             )
             first.protocol.writer.close()  # the editor goes away without exit: the server keeps serving
-            await asyncio.wait_for(first.stop(), 20)
+            await asyncio.wait_for(first.stop(), 60)
             second, _ = await client_for(server, server.token)
             assert await second.protocol.send_request_async("diffill/documentState", {"uri": URI}) is None
             stats = plain(await second.protocol.send_request_async("diffill/stats", {}))
             assert stats["openDocuments"] == 0 and stats["settings"]["maxLines"] != 3
             await second.shutdown_async(None)
             second.exit(None)
-            assert await asyncio.wait_for(server.proc.wait(), 20) == 0
+            assert await asyncio.wait_for(server.proc.wait(), 60) == 0
         finally:
             await stop(server)
 
