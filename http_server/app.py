@@ -38,6 +38,7 @@ from diffusion_core.interface import LENGTH_POLICIES
 from diffusion_core.length import resolve_length
 
 from .chat import ChatTemplate, ChatTemplateError
+from .compat import compat_routes
 from .schemas import ChatRequest, CompletionRequest
 
 __all__ = ["ApiError", "ServerConfig", "create_app"]
@@ -45,6 +46,7 @@ __all__ = ["ApiError", "ServerConfig", "create_app"]
 log = logging.getLogger("diffill.http")
 
 _JSON = "application/json"
+MODEL_ALIAS = "diffill"
 _encoder = msgspec.json.Encoder()
 
 
@@ -230,7 +232,9 @@ class _Api:
 
     # -------------------------------------------------------------------------- validation
     def _check_model(self, model: str | None) -> None:
-        if model is not None and model not in (self.model_name, self.engine.model_id):
+        # "diffill" names whatever this server serves (one model per server), so clients and the
+        # docs' examples need not know a checkpoint's id
+        if model is not None and model not in (self.model_name, self.engine.model_id, MODEL_ALIAS):
             raise ApiError(
                 404,
                 f"The model `{model}` does not exist; this server serves `{self.model_name}`.",
@@ -246,9 +250,25 @@ class _Api:
             )
         return mt
 
+    def _stops_list(self, stop: str | list[str] | None) -> list[str]:
+        return _stops(stop, self.config.max_stop)
+
     def _options(self, req: CompletionRequest | ChatRequest) -> SamplingOptions:
-        temperature = 0.0 if req.temperature is None else req.temperature
-        top_p = 1.0 if req.top_p is None else req.top_p
+        return self._options_from(
+            req.temperature, req.top_p, req.seed, req.quality, getattr(req, "length", None)
+        )
+
+    def _options_from(
+        self,
+        temperature: float | None,
+        top_p: float | None,
+        seed: int | None,
+        quality: float | None = None,
+        length: str | None = None,
+    ) -> SamplingOptions:
+        """Validated sampling options (one place for every endpoint's fields)."""
+        temperature = 0.0 if temperature is None else temperature
+        top_p = 1.0 if top_p is None else top_p
         if not 0.0 <= temperature <= 2.0:
             raise ApiError(400, "temperature must be between 0 and 2.", param="temperature")
         if not 0.0 < top_p <= 1.0:
@@ -256,15 +276,15 @@ class _Api:
         changes: dict[str, Any] = {"temperature": temperature, "top_p": top_p}
         if temperature > 0:
             # without a seed each request samples afresh, as OpenAI's API does
-            changes["seed"] = req.seed if req.seed is not None else random.getrandbits(31)
-        if req.quality is not None:
-            if not 0.0 <= req.quality <= 1.0:
+            changes["seed"] = seed if seed is not None else random.getrandbits(31)
+        if quality is not None:
+            if not 0.0 <= quality <= 1.0:
                 raise ApiError(400, "quality must be between 0 and 1.", param="quality")
-            changes["quality"] = req.quality
-        if getattr(req, "length", None) is not None:
-            if req.length not in LENGTH_POLICIES:
+            changes["quality"] = quality
+        if length is not None:
+            if length not in LENGTH_POLICIES:
                 raise ApiError(400, f"length must be one of {', '.join(LENGTH_POLICIES)}.", param="length")
-            changes["length"] = req.length
+            changes["length"] = length
         try:
             opts = dataclasses.replace(self.engine.default_options, **changes)
             family = getattr(self.engine, "family", None)
@@ -704,6 +724,7 @@ def create_app(
         Route("/v1/models/{model:path}", _wrap(api.model), methods=["GET"]),
         Route("/v1/completions", _wrap(api.completions), methods=["POST"]),
         Route("/v1/chat/completions", _wrap(api.chat_completions), methods=["POST"]),
+        *compat_routes(api),  # llama.cpp's /infill, Ollama's /api/generate (http_server/compat.py)
     ]
     app: ASGIApp = Starlette(
         routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error}

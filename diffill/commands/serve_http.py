@@ -47,6 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pending", type=int, default=1024, help="queued requests before answering 503")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens accepted")
+    p.add_argument(
+        "--max-request-tokens", type=int, default=4096, help="most work (choices x max_tokens) in one request"
+    )
+    p.add_argument(
+        "--max-client-inflight",
+        type=int,
+        default=16,
+        help="most choices one client (key or address) may have running",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -122,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         max_body_bytes=args.max_body_bytes,
         max_tokens_limit=args.max_tokens_limit,
+        max_request_tokens=args.max_request_tokens,
+        max_client_inflight=args.max_client_inflight,
     )
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -22,6 +22,7 @@ import {
     buildServerSettings,
     CLIENT_KEYS,
     completionsWanted,
+    installCommand,
     languageEnabled,
     resolveServerCommand,
     SECTION,
@@ -335,7 +336,7 @@ class DiffillExtension implements vscode.Disposable {
         void vscode.window.showErrorMessage(message, ...actions).then((choice) => {
             switch (choice) {
                 case 'Copy Install Command':
-                    void vscode.env.clipboard.writeText(`${cmd.command} -m pip install diffill`);
+                    void vscode.env.clipboard.writeText(installCommand(cmd.command));
                     break;
                 case 'Set Python Path':
                     void vscode.commands.executeCommand('workbench.action.openSettings', 'diffill.pythonPath');

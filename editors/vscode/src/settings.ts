@@ -140,6 +140,12 @@ export function completionsWanted(get: SettingGetter, languageId: string): boole
     return get('enabled') !== false && languageEnabled(get('languages'), languageId);
 }
 
+/** The command that installs Diffill for `python`. The package is not on PyPI: it is installed
+ * from a clone of its repository (editable, so the checkout's model and editor code stay in step). */
+export function installCommand(python: string): string {
+    return `${python} -m pip install -e <your diffill checkout>`;
+}
+
 /** The help text shown when the server cannot start, naming what to do. `missing`: Python modules
  * not found (for 'no-package'). */
 export function startFailureAdvice(
@@ -152,7 +158,7 @@ export function startFailureAdvice(
         case 'no-command':
             return cmd.fromPython
                 ? `Diffill: Python was not found ("${cmd.command}"). Install Python 3.10+ and run ` +
-                      `"python3 -m pip install diffill", or set "diffill.pythonPath" to the interpreter that has it.`
+                      `"${installCommand('python3')}", or set "diffill.pythonPath" to the interpreter that has it.`
                 : `Diffill: the server command "${cmd.command}" was not found. Fix "diffill.serverCommand" ` +
                       `(it should start "diffill serve"), or clear it to use "diffill.pythonPath".`;
         case 'no-package': {
@@ -161,7 +167,7 @@ export function startFailureAdvice(
                 ? 'the Python package "diffill" is not installed'
                 : `the Python package "diffill" is missing dependencies (${missing.join(', ')})`;
             return (
-                `Diffill: ${what} for ${cmd.command}. Run "${cmd.command} -m pip install ${own ? '' : '--upgrade '}diffill", ` +
+                `Diffill: ${what} for ${cmd.command}. Run "${installCommand(cmd.command)}" (it installs the dependencies too), ` +
                 `or set "diffill.pythonPath" to the interpreter of the environment where it is installed.`
             );
         }

@@ -371,7 +371,7 @@ test('a missing Python interpreter gives a notification that says how to fix it'
         throw new Error(`${error.message}${await diagnostics()}`);
     });
     assert.match(toast, /diffill\.pythonPath/);
-    assert.match(toast, /pip install diffill/);
+    assert.match(toast, /pip install -e <your diffill checkout>/);
     const buttons = await page.locator('.notifications-toasts .monaco-button').allTextContents();
     assert.ok(buttons.includes('Set Python Path'), `buttons: ${buttons.join(', ')}`);
     assert.match(await statusLabel(), /^Diffill error/);
@@ -395,7 +395,7 @@ test('a Python without the dependencies gets a notification naming them', { time
         throw new Error(`${error.message}${await diagnostics()}`);
     });
     assert.match(toast, /torch/);
-    assert.ok(toast.includes(`${venvPython} -m pip install --upgrade diffill`), toast);
+    assert.ok(toast.includes(`${venvPython} -m pip install -e <your diffill checkout>`), toast);
     const buttons = await page.locator('.notifications-toasts .monaco-button').allTextContents();
     assert.ok(buttons.includes('Copy Install Command'), `buttons: ${buttons.join(', ')}`);
 });

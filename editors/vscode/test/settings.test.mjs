@@ -61,8 +61,8 @@ test('language filter: "*" all, "-id" excludes, exclusions win', () => {
 test('start failure advice names the fix', () => {
     const py = { command: '/venv/bin/python', args: ['-m', 'diffill.cli', 'serve'], fromPython: true };
     assert.match(s.startFailureAdvice(py, 'no-command'), /Python was not found.*diffill\.pythonPath/);
-    assert.match(s.startFailureAdvice(py, 'no-package', ['diffill', 'lsp_server']), /"\/venv\/bin\/python -m pip install diffill"/);
-    assert.match(s.startFailureAdvice(py, 'no-package', ['torch']), /missing dependencies \(torch\).*pip install --upgrade diffill/);
+    assert.match(s.startFailureAdvice(py, 'no-package', ['diffill', 'lsp_server']), /"\/venv\/bin\/python -m pip install -e <your diffill checkout>"/);
+    assert.match(s.startFailureAdvice(py, 'no-package', ['torch']), /missing dependencies \(torch\).*pip install -e <your diffill checkout>/);
     const custom = { command: 'diffill-x', args: ['serve'], fromPython: false };
     assert.match(s.startFailureAdvice(custom, 'no-command'), /diffill\.serverCommand/);
     assert.match(s.startFailureAdvice(custom, 'crashed'), /Show Server Log/);

@@ -41,7 +41,7 @@ function M.check()
   local exe = vim.fn.exepath(cmd[1])
   if exe == '' then
     health.error(('server command not found: %s'):format(cmd[1]), {
-      'Install the package: python3 -m pip install diffill',
+      'Install the package from a clone of the Diffill repository: python3 -m pip install -e <your diffill checkout>',
       "Or point the plugin at it: require('diffill').setup({ python = '/path/to/venv/bin/python' })",
       "Or give the full command: require('diffill').setup({ cmd = { '/path/to/diffill', 'serve' } })",
     })
@@ -71,7 +71,7 @@ function M.check()
   local ok, out, err = run({ python, '-c', 'import diffill, lsp_server; print(diffill.__file__)' }, 30000)
   if not ok then
     health.error(('the diffill package does not import with %s: %s'):format(python, last_line(err)), {
-      python .. ' -m pip install diffill',
+      python .. ' -m pip install -e <your diffill checkout> (the package is not on PyPI)',
       "or set require('diffill').setup({ python = '/path/to/python/with/diffill' })",
     })
     return
