@@ -34,7 +34,7 @@ class InfillJob:
     suffix: str
     max_tokens: int = 64
     language: str | None = None
-    quality: float = 0.5
+    quality: float = 0.7
     length: str = "auto"
     stop: tuple[str, ...] = ()  # end the middle at the first of these (a newline mid-line)
 

@@ -40,7 +40,9 @@ Keys (JSON name: type = default — meaning):
   files of the same language, placed before the prefix (0 turns the ring buffer off).
 - ``debounceMs``: int 0..5000 = 60 — wait after an Automatic trigger before asking the model
   (Invoked triggers never wait).
-- ``quality``: float 0..1 = 0.5 — the engine's quality/speed knob (1 = best, slowest).
+- ``quality``: float 0..1 = 0.7 — the engine's quality/speed knob (1 = best, slowest). With
+  Diffill-Coder, 1 is exactly the base model's own greedy answer; lower values accept more of the
+  adapter's drafts per step (faster, occasionally a different answer).
 - ``length``: ``"auto" | "fixed" | "predict" | "ensemble" | "expand"`` = ``"auto"`` — how the
   engine chooses the completion's length: ``auto`` lets the model predict it when its checkpoint
   says it was trained to (``"length_prediction": true``), grows it for DreamOn, else uses
@@ -86,7 +88,7 @@ class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
     suffix_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 256
     extra_context_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 0
     debounce_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 60
-    quality: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.5
+    quality: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.7
     length: Literal["auto", "fixed", "predict", "ensemble", "expand"] = "auto"
     languages: list[str] = msgspec.field(default_factory=lambda: ["*"])
     cache_size: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 512

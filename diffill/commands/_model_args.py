@@ -25,7 +25,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="masked middle length (default 64)")
-    p.add_argument("--quality", type=float, default=0.5, help="0 = fastest, 1 = best (default 0.5)")
+    p.add_argument("--quality", type=float, default=0.7, help="0 = fastest, 1 = best (default 0.7)")
     p.add_argument("--block-size", type=int, default=32)
     p.add_argument(
         "--length",

@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--compare",
         metavar="LIST",
         help="run several decoders in one interleaved run, e.g. ar,q1.0,q0.7,q0.3,tiny: ar = greedy "
-        "decoding of the base alone, qX = the model at quality X, tiny = the 1.3M test model",
+        "decoding of the base alone, qX = the model at quality X, tiny = the 1.3M test model, "
+        "llama.cpp = the same GGUF through llama-cpp-python (if installed)",
     )
     p.add_argument("--out-dir", metavar="DIR", help="with --compare: write JSON, markdown and samples here")
 
@@ -147,7 +148,20 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
                 Decoder("tiny (1.3M, quality 1)", tiny, SamplingOptions(quality=1.0, length="fixed"), 32)
             )
             continue
-        main = main or load_engine(args)
+        if name == "llama.cpp":
+            from diffusion_core.evaluation.llama_cpp_peer import LlamaCppPeer
+
+            try:
+                peer = LlamaCppPeer(threads=args.threads or torch.get_num_threads())
+            except (ValueError, OSError) as e:
+                raise CommandError(str(e)) from None
+            decoders.append(Decoder(f"{peer.model_id}, greedy", peer, None, long))
+            continue
+        if main is None:
+            main = load_engine(args)
+            # every decoder pays for its own prompt: with the shared K/V cache the second decoder
+            # on a task would get the first one's context for free
+            main.prefix_cache = None
         if name == "ar":
             decoders.append(Decoder("AR greedy (base alone)", main, SamplingOptions(decoder="ar"), long))
         elif name.startswith("q"):
@@ -158,7 +172,7 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
                 raise CommandError(f"--compare: bad decoder {name!r} ({e})") from None
             decoders.append(Decoder(f"{main.model_id} quality {q:g}", main, opts, long))
         else:
-            raise CommandError(f"--compare: unknown decoder {name!r} (ar, qX, tiny)")
+            raise CommandError(f"--compare: unknown decoder {name!r} (ar, qX, tiny, llama.cpp)")
     rows = compare(decoders, problems, args.subset, workers=args.workers)
     print(markdown_table(rows, args.subset))
     if args.out_dir:
