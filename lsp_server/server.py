@@ -113,6 +113,21 @@ class DiffillProtocol(LanguageServerProtocol):
 
             future.add_done_callback(forget)
 
+    @lsp_method(types.SHUTDOWN)
+    def lsp_shutdown(self, *args: Any) -> Generator:
+        """pygls' shutdown, but cancelling over a snapshot of the pending futures: a cancelled
+        future's done callback (``forget`` above) removes its entry, which made pygls' own loop
+        fail with "dictionary changed size during iteration" and the client's shutdown with an
+        internal error."""
+        if (handler := self.fm.features.get(types.SHUTDOWN)) is not None:
+            yield handler, args, None
+        current = self.msg_id
+        for msg_id, future in list(self._request_futures.items()):
+            if msg_id != current and not future.done():
+                future.cancel()
+        self._shutdown = True
+        return None
+
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
             return super().structure_message(data)
