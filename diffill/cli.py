@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "eval": "eval",
     "info": "info",
     "infill": "infill",
+    "models": "models",
+    "pull": "pull",
     "serve": "serve",
     "train": "train",
     "serve-http": "serve_http",

@@ -25,12 +25,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .sampler import Cancelled
+from .interface import CancelCheck, Cancelled
 
 if TYPE_CHECKING:
     from .engine import Completion, InfillRequest
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["Batcher", "BatcherClosed", "BatcherStats", "Cancelled", "Overloaded"]
 
 log = logging.getLogger(__name__)
-
-CancelCheck = Callable[[], bool]
 
 
 class BatchEngine(Protocol):

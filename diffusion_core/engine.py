@@ -10,17 +10,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from .coder.prefix_cache import PrefixCache
 from .expand_sampler import expand_sample
 from .families import FamilySpec
-from .interface import Cancelled, Completion, InfillRequest, SamplingOptions
+from .interface import CancelCheck, Cancelled, Completion, InfillRequest, SamplingOptions
 from .length import predict_lengths, resolve_length
 from .model import RowAdapter
 from .sampler import Canvas, SampleOutput, sample_batch
@@ -37,7 +37,6 @@ __all__ = [
     "tiny_model_dir",
 ]
 
-CancelCheck = Callable[[], bool]
 log = logging.getLogger(__name__)
 
 # names a user may give instead of a directory (a directory of that name wins)
@@ -58,13 +57,24 @@ def tiny_model_dir() -> Path:
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
-    """A checkpoint directory from what a user typed: None is the default model, and the names
-    ``diffill-coder`` / ``diffill-tiny`` are the shipped models unless such a directory exists."""
+    """A checkpoint directory from what a user typed: None is the default model, the names
+    ``diffill-coder`` / ``diffill-tiny`` are the shipped models, and ``org/name[@revision]`` is a
+    hub model (from the Hugging Face cache, else downloaded: :mod:`diffusion_core.hub`), each
+    unless such a local directory exists."""
     if path is None:
         return default_model_dir()
-    p = Path(path)
-    if str(path) in MODEL_ALIASES and not p.exists():
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    if str(path) in MODEL_ALIASES:
         return default_model_dir() if str(path) == "diffill-coder" else tiny_model_dir()
+    from . import hub
+
+    if isinstance(path, str) and hub.parse_hub_id(path) is not None:
+        try:
+            return hub.resolve(path)
+        except hub.HubError as e:
+            raise CheckpointError(f"no directory {path} here, and as a hub model id: {e}") from None
     return p
 
 

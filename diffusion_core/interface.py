@@ -9,11 +9,13 @@ pay for importing torch, yet it speaks the engine's API (``SamplingOptions`` in,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
     "CONFIDENCE_KINDS",
     "LENGTH_POLICIES",
+    "CancelCheck",
     "Cancelled",
     "Completion",
     "InfillRequest",
@@ -30,6 +32,10 @@ CONFIDENCE_KINDS = ("maxprob", "entropy", "margin")
 #   was trained for length prediction, else "fixed".
 LENGTH_POLICIES = ("auto", "fixed", "predict", "ensemble", "expand")
 DECODERS = ("diffusion", "ar")
+
+
+# asked between steps (and while waiting on a remote server): True means stop and raise Cancelled
+CancelCheck = Callable[[], bool]
 
 
 class Cancelled(Exception):

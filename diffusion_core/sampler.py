@@ -17,14 +17,13 @@ Two samplers live here on purpose:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .families import FamilySpec
 from .fast_path import TokenStats, token_stats
-from .interface import CONFIDENCE_KINDS, Cancelled, SamplingOptions  # noqa: F401 - re-exported (torch-free)
+from .interface import CONFIDENCE_KINDS, CancelCheck, Cancelled, SamplingOptions  # noqa: F401 - re-exported (torch-free)
 
 
 @dataclass
@@ -41,9 +40,6 @@ class SampleOutput:
     stop_reason: str  # "eos" | "length"
     score: float = 0.0  # mean log-confidence of the committed tokens (length-ensemble ranking)
     canvas: list[int] | None = None  # the final canvas (begin + prefix + middle + suffix + end)
-
-
-CancelCheck = Callable[[], bool]
 
 
 # --------------------------------------------------------------------------------- scoring

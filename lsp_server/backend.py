@@ -13,13 +13,13 @@ has even loaded; in team mode (a backend URL) torch is never imported at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Backend", "BackendCancelled", "EngineBackend", "InfillJob", "ModelDefaults", "make_backend"]
+from diffusion_core.interface import CancelCheck
 
-CancelCheck = Callable[[], bool]
+__all__ = ["Backend", "BackendCancelled", "EngineBackend", "InfillJob", "ModelDefaults", "make_backend"]
 
 
 class BackendCancelled(Exception):

@@ -20,16 +20,15 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from diffusion_core.interface import Cancelled, Completion, InfillRequest, SamplingOptions
+from diffusion_core.interface import CancelCheck, Cancelled, Completion, InfillRequest, SamplingOptions
 
 __all__ = ["RemoteBackend", "RemoteError"]
 
-CancelCheck = Callable[[], bool]
 
 _POLL_S = 0.01  # how often a waiting caller's cancel check is polled
 
@@ -257,7 +256,18 @@ class RemoteBackend:
 
     async def _complete(self, model: str, r: InfillRequest) -> Completion:
         t0 = time.perf_counter()
-        data = await self._request("POST", self.url + "/completions", self._body(model, r))
+        body = self._body(model, r)
+        try:
+            data = await self._request("POST", self.url + "/completions", body)
+        except RemoteError as exc:
+            # a server that refuses fields it does not know (OpenAI's own API answers 400,
+            # FastAPI-based servers with extra="forbid" 422): Diffill's extensions are the only
+            # non-standard fields, so ask again without them, and from now on
+            extensions = [k for k in ("quality", "length") if k in body]
+            if exc.status not in (400, 422) or not extensions:
+                raise
+            self.send_extensions = False
+            data = await self._request("POST", self.url + "/completions", self._body(model, r))
         try:
             choice = data["choices"][0]
             text = str(choice.get("text") or "")

@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from lsprotocol import types
@@ -368,6 +368,7 @@ class DiffillServer(LanguageServer):
             ("Connecting to " if remote else "Loading ") + self._describe(args)
         )
         self.send_status()
+        self.worker.load_progress = self._reporter(token)
         try:
             model_id = await self.worker.load(*args)
         except LoadFailed as exc:
@@ -416,6 +417,19 @@ class DiffillServer(LanguageServer):
             return None
         self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title="Diffill", message=message))
         return token
+
+    def _reporter(self, token: str | None) -> Callable[[str], None] | None:
+        """Progress messages from the worker thread (a hub download), relayed on the loop."""
+        if token is None:
+            return None
+        loop = asyncio.get_running_loop()
+
+        def report(message: str) -> None:
+            loop.call_soon_threadsafe(
+                self.work_done_progress.report, token, types.WorkDoneProgressReport(message=message)
+            )
+
+        return report
 
     def _progress_end(self, token: str | None, message: str) -> None:
         if token is not None:

@@ -17,8 +17,9 @@ apply. Unknown keys are reported too, so typos do not pass silently.
 
 Keys (JSON name: type = default — meaning):
 
-- ``modelPath``: str | null = null — model directory; null means the ``--model`` flag, else the
-  embedded default model. Changing it (or ``device``/``dtype``) reloads the model in the background.
+- ``modelPath``: str | null = null — model directory, or a hub id ``org/name[@revision]`` (from
+  the Hugging Face cache, downloaded once when missing); null means the ``--model`` flag, else the
+  default model (Diffill-Coder). Changing it (or ``device``/``dtype``) reloads the model in the background.
 - ``backendUrl``: str | null = null — team mode: the http(s) URL of an OpenAI-compatible server
   whose ``/v1/completions`` accepts ``suffix`` (``diffill serve-http``, a load balancer in front of
   several, or another inference server), e.g. ``"http://gpu-box:8000"`` (``/v1`` is optional).

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffusion_core.hub import reporting
+
 from .backend import Backend, BackendCancelled, InfillJob, make_backend
 from .stats import Stats
 
@@ -76,6 +78,8 @@ class EngineWorker:
         self.backend: Backend | None = None
         self.model_id: str | None = None
         self.loaded_args: tuple | None = None  # what the ready backend was made from
+        # told, from the worker thread, how a load's download goes (the server's $/progress)
+        self.load_progress: Callable[[str], None] | None = None
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._real_waiting = 0
@@ -264,7 +268,8 @@ class EngineWorker:
             except Exception:  # noqa: BLE001
                 log.exception("closing the previous backend failed")
         try:
-            backend = self.factory(*item.load_args)
+            with reporting(self.load_progress):  # a hub download reports through $/progress
+                backend = self.factory(*item.load_args)
         except BaseException as exc:  # noqa: BLE001 - a load failure must never kill the worker
             self.state = "failed"
             self.error = f"{type(exc).__name__}: {exc}"

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from ..families import FamilySpec
-from ..interface import Cancelled, SamplingOptions
+from ..interface import CancelCheck, Cancelled, SamplingOptions
 from ..kv_cache import KVCache
 from ..model import Adapted, RowAdapter
 from ..sampler import Canvas, SampleOutput, _banned, _generator, _score
@@ -37,7 +37,6 @@ from .prefix_cache import PrefixCache
 
 __all__ = ["CoderStats", "coder_sample", "context_ids", "step_mask"]
 
-CancelCheck = Callable[[], bool]
 StopCheck = Callable[[list[int]], bool]
 
 
@@ -67,6 +66,7 @@ class CoderStats:
     adapter_commits: int = 0  # window tokens the adapter committed (drafts that were accepted)
     rejected: int = 0  # drafts the base refused (each costs the window of that forward)
     lookup_drafts: int = 0  # drafts copied from the context (accepted or not)
+    lookup_accepted: int = 0  # of those, accepted by the base
 
 
 class ContextLookup:
@@ -189,6 +189,7 @@ def _sample(
 
     mid: list[int | None] = [None] * n  # committed middle tokens (None = masked)
     drafted = [False] * n  # committed by the adapter, not yet checked by the base
+    copied = [False] * n  # the draft came from the context (ContextLookup), not the adapter
     end = n  # the middle is mid[:end]; a committed end token moves it in
     enc = 0  # middle positions before this are in the cache (and verified)
     b0 = 0  # the frontier: the first middle position after what the next forward appends
@@ -239,7 +240,10 @@ def _sample(
         for j in range(enc, b0):
             if drafted[j]:
                 drafted[j] = False
-                stats.adapter_commits += 1
+                if copied[j]:
+                    stats.lookup_accepted += 1
+                else:
+                    stats.adapter_commits += 1
         enc = b0
 
         # the frontier from the base, then the window from the adapter
@@ -258,7 +262,7 @@ def _sample(
                         continue
                 elif c < tau_draft:
                     continue
-                mid[j], drafted[j] = t, verify and t not in end_ids
+                mid[j], drafted[j], copied[j] = t, verify and t not in end_ids, False
                 if not verify:
                     stats.adapter_commits += 1
                 logconf += math.log(max(c, 1e-30))
@@ -269,7 +273,7 @@ def _sample(
             for j, t in zip(range(b0 + 1, b1), lookup.continuation(tail, b1 - b0 - 1)):
                 if mid[j] is not None or t in end_ids:
                     break
-                mid[j], drafted[j] = t, True
+                mid[j], drafted[j], copied[j] = t, True, True
                 stats.lookup_drafts += 1
         first_end = next((j for j in range(b0, end) if mid[j] in end_ids), None)
         if first_end is not None:
