@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .int8 import quantize_linears, use_int8
 from .kv_cache import KVCache
 
 
@@ -95,7 +96,8 @@ class Adapted:
 
 
 def _linear(lin: nn.Linear, x: torch.Tensor, ad: Adapted | None, layer: int, name: str) -> torch.Tensor:
-    y = lin(x)
+    q = use_int8(lin, x)  # a few rows, weights quantized (diffusion_core/int8.py): the int8 kernel
+    y = lin(x) if q is None else q.matmul(x) if lin.bias is None else q.matmul(x) + lin.bias
     if ad is None or ad.rows_from >= x.shape[1]:
         return y
     s = ad.rows_from
@@ -294,7 +296,16 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head in fp32 (the sampler compares probabilities, so keep them precise)."""
-        return F.linear(hidden, self.head_weight).float()
+        q = None if self.lm_head is None else use_int8(self.lm_head, hidden)
+        return (F.linear(hidden, self.head_weight) if q is None else q.matmul(hidden)).float()
+
+    def quantize_int8(self) -> int:
+        """Weight-only int8 for few-row calls on every block linear and an untied LM head (the
+        embedding stays exact); returns the bytes added. See diffusion_core/int8.py."""
+        linears = [m for blk in self.layers for m in blk.modules() if isinstance(m, nn.Linear)]
+        if self.lm_head is not None:
+            linears.append(self.lm_head)
+        return quantize_linears(linears)
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         p = self.head_weight

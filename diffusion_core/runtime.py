@@ -12,7 +12,7 @@ import time
 
 import torch
 
-__all__ = ["bf16_is_faster", "cpu_threads", "matmul_speeds"]
+__all__ = ["bf16_is_faster", "cpu_threads", "fit_threads", "int8_is_faster", "int8_wanted", "matmul_speeds"]
 
 
 def cpu_threads() -> int:
@@ -21,6 +21,16 @@ def cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def fit_threads() -> int:
+    """Never more torch threads than cores this process may use (a container's CPU set, taskset):
+    torch counts the machine's cores, and oversubscribed threads make every matmul slower.
+    ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` set by the user are left alone when lower."""
+    allowed = cpu_threads()
+    if torch.get_num_threads() > allowed:
+        torch.set_num_threads(allowed)
+    return torch.get_num_threads()
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,3 +62,41 @@ def bf16_is_faster(margin: float = 1.2) -> bool:
         return False
     s = matmul_speeds()
     return s["bf16"] * margin < s["fp32"]
+
+
+@functools.lru_cache(maxsize=4)
+def int8_is_faster(dtype: torch.dtype, margin: float = 1.3, n: int = 896, repeats: int = 8) -> bool:
+    """True when a one-row [1, n] x [n, 5n] matmul with weight-only int8 measures at least
+    ``margin`` times faster than in ``dtype`` here (the memory-bound shape of a decoding step).
+    Measured each time it is asked in a new process (cached)."""
+    from .int8 import Int8Weight, int8_available
+
+    if not int8_available():
+        return False
+    w = torch.randn(5 * n, n, dtype=dtype)
+    x = torch.randn(1, n, dtype=dtype)
+    q = Int8Weight.quantize(w)
+
+    def best(f) -> float:  # noqa: ANN001
+        f()
+        t = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                f()
+            t = min(t, (time.perf_counter() - t0) / 4)
+        return t
+
+    try:
+        fast = best(lambda: q.matmul(x))
+    except RuntimeError:  # no int8 kernel for this dtype on this build
+        return False
+    return fast * margin < best(lambda: torch.nn.functional.linear(x, w))
+
+
+def int8_wanted(dtype: torch.dtype) -> bool:
+    """``DIFFILL_INT8``: ``1`` on, ``0`` off, ``auto`` (the default) where :func:`int8_is_faster`."""
+    mode = os.environ.get("DIFFILL_INT8", "auto").lower()
+    if mode == "auto":
+        return int8_is_faster(dtype)
+    return mode in ("1", "on", "true")

@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="run several decoders in one interleaved run, e.g. ar,q1.0,q0.7,q0.3,tiny: ar = greedy "
         "decoding of the base alone, qX = the model at quality X, tiny = the 1.3M test model, "
-        "llama.cpp = the same GGUF through llama-cpp-python (if installed)",
+        "llama.cpp = the same GGUF through llama-cpp-python (if installed); qX/wN sets the window to N, "
+        "a +int8 suffix uses weight-only int8 for few-row calls",
     )
     p.add_argument("--out-dir", metavar="DIR", help="with --compare: write JSON, markdown and samples here")
 
@@ -140,6 +141,7 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
     names = [n.strip() for n in args.compare.split(",") if n.strip()]
     long = 64 if args.subset.startswith("single-line") else 128
     main = None
+    engines: dict[str, object] = {}  # "" = as loaded, "int8" = weight-only int8 for few-row calls
     decoders = []
     for name in names:
         if name == "tiny":
@@ -157,22 +159,31 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
                 raise CommandError(str(e)) from None
             decoders.append(Decoder(f"{peer.model_id}, greedy", peer, None, long))
             continue
-        if main is None:
-            main = load_engine(args)
+        base_name, _, variant = name.partition("+")  # "+int8": the weight-only int8 engine
+        if variant not in ("", "int8"):
+            raise CommandError(f"--compare: unknown variant {variant!r} in {name!r} (only +int8)")
+        if variant not in engines:
+            engines[variant] = load_engine(args, quantize=variant == "int8")
             # every decoder pays for its own prompt: with the shared K/V cache the second decoder
             # on a task would get the first one's context for free
-            main.prefix_cache = None
-        if name == "ar":
-            decoders.append(Decoder("AR greedy (base alone)", main, SamplingOptions(decoder="ar"), long))
-        elif name.startswith("q"):
+            engines[variant].prefix_cache = None
+        eng = main = engines[variant]
+        tag = " + int8" if variant else ""
+        if base_name == "ar":
+            decoders.append(Decoder(f"AR greedy (base alone){tag}", eng, SamplingOptions(decoder="ar"), long))
+        elif base_name.startswith("q"):
+            q_text, _, window = base_name[1:].partition("/w")  # "q0.7/w2": a window of 2
             try:
-                q = float(name[1:])
-                opts = SamplingOptions(quality=q)
+                q = float(q_text)
+                opts = SamplingOptions(quality=q, block_size=int(window) if window else 32)
             except ValueError as e:
                 raise CommandError(f"--compare: bad decoder {name!r} ({e})") from None
-            decoders.append(Decoder(f"{main.model_id} quality {q:g}", main, opts, long))
+            label = f"{eng.model_id} quality {q:g}" + (f", window {window}" if window else "") + tag
+            decoders.append(Decoder(label, eng, opts, long))
         else:
-            raise CommandError(f"--compare: unknown decoder {name!r} (ar, qX, tiny, llama.cpp)")
+            raise CommandError(
+                f"--compare: unknown decoder {name!r} (ar, qX, qX/wN, tiny, llama.cpp; +int8 on ar and qX)"
+            )
     rows = compare(decoders, problems, args.subset, workers=args.workers)
     print(markdown_table(rows, args.subset))
     if args.out_dir:

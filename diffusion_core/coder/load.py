@@ -18,6 +18,7 @@ import torch
 from ..checkpoint import CheckpointError, load_model, load_tokenizer, read_config, resolve_device
 from ..families import FamilySpec
 from ..model import Transformer
+from ..runtime import fit_threads, int8_wanted
 from ..tokenizer import Tokenizer
 from .adapter import Adapter, AdapterError, load_adapter
 from .family import coder_family
@@ -64,6 +65,7 @@ class LoadedCoder:
     base_dir: Path
     adapter_dir: Path
     config: dict[str, Any]
+    int8_bytes: int = 0  # > 0: few-row calls use weight-only int8 (diffusion_core/int8.py)
 
 
 def coder_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -104,10 +106,16 @@ def load_coder(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
+    quantize: bool | None = None,
 ) -> LoadedCoder:
+    """The base with the adapter on top. ``quantize``: weight-only int8 for few-row calls
+    (diffusion_core/int8.py); None = as ``$DIFFILL_INT8`` says (default: on the CPU where it
+    measures faster)."""
     adapter_dir = Path(adapter_dir)
     cfg = read_config(adapter_dir)
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        fit_threads()  # before measuring anything
     dt = coder_dtype(dtype, dev)
     base_dir = resolve_base(base, progress)
     model = load_model(base_dir, device=dev, dtype=dt, layout="qwen2")
@@ -117,6 +125,8 @@ def load_coder(
             f"the adapter in {adapter_dir} was trained on a base of shape {want}, but {base_dir} has "
             f"{base_shape(model)} (Diffill-Coder needs a Qwen2.5-Coder-0.5B or -0.5B-Instruct base)"
         )
+    int8 = quantize if quantize is not None else dev.type == "cpu" and int8_wanted(dt)
+    int8_bytes = model.quantize_int8() if int8 else 0
     tok, _ = load_tokenizer(base_dir)
     try:
         # fp32 factors on the CPU (thin matmuls run faster than in bf16 there); the model's dtype on GPUs
@@ -142,4 +152,5 @@ def load_coder(
         base_dir=base_dir,
         adapter_dir=adapter_dir,
         config=cfg,
+        int8_bytes=int8_bytes,
     )
