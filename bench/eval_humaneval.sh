@@ -2,7 +2,7 @@
 # HumanEval-Infilling pass@1 of a model with the four mask-length policies (fixed / predicted /
 # length ensemble / oracle), both subsets, plus the empty-completion control; one JSON per run in $RESULTS.
 #   bash bench/eval_humaneval.sh [MODEL_DIR] [SINGLE_LINE_LIMIT] [RANDOM_SPAN_LIMIT]
-# MODEL_DIR empty = the embedded default model; limits 0 = every problem.
+# MODEL_DIR empty = the default model (Diffill-Coder); limits 0 = every problem.
 set -euo pipefail
 MODEL=${1:-}
 SL_LIMIT=${2:-0}

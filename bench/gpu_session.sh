@@ -3,7 +3,7 @@
 # that is lent a device with little time left after start-up (15 minutes in all):
 #   here:    mkdir -p data/humaneval && cp ../shared/benchmarks/humaneval-infilling/*.jsonl.gz data/humaneval/
 #   device:  run(command="bash bench/gpu_session.sh", carry=["data/humaneval"], timeout_s=600)
-# 1. issue 3: retrain the default model (bench/train_gpu.sh, shorter phases) -> $OUT/train/
+# 1. issue 3: retrain diffill-tiny, the test model (bench/train_gpu.sh, shorter phases) -> $OUT/train/
 # 2. issue 6: kernel tests on the GPU + the latency benchmark (bench/gpu_check.sh) -> $OUT/bench/
 # Each phase has its own deadline and writes into $OUT as it goes, so a phase that fails or runs
 # out of time still leaves the other's results. Back here, follow
@@ -15,7 +15,7 @@ TRAIN_S=${TRAIN_S:-330}   # corpus + AR warm-up + diffusion phase + export
 t0=$(date +%s)
 mkdir -p "$OUT/train" "$OUT/bench"
 
-echo "== issue 3: retrain the default model (deadline ${TRAIN_S}s)"
+echo "== issue 3: retrain diffill-tiny (deadline ${TRAIN_S}s)"
 OUT="$OUT/train" AR_MIN="${AR_MIN:-1.5}" TRAIN_MIN="${TRAIN_MIN:-2.5}" \
   timeout "$TRAIN_S" bash bench/train_gpu.sh >"$OUT/train/session_log.txt" 2>&1
 echo "train exit $?"

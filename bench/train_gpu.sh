@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Retrain the embedded default model on a lent GPU machine in ONE device command (< 10 minutes).
+# Retrain diffill-tiny (the 1.3M test model, the default until Diffill-Coder) on a lent GPU machine in ONE device command (< 10 minutes).
 # See diffusion_core/training/gpu_recipe.md. Run from the repository root:
 #   here:    mkdir -p data/humaneval && cp ../shared/benchmarks/humaneval-infilling/*.jsonl.gz data/humaneval/
 #   device:  run(command="bash bench/train_gpu.sh", carry=["data/humaneval"], timeout_s=600)
 # Builds the corpus from the device's own stdlib + site-packages (decontaminated against the carried
 # HumanEval files), trains with the shipped tokenizer for TRAIN_MIN minutes in bf16, and writes the
-# bf16 weights in <= 15 MB shards to $OUT/default_model (plus logs and corpus stats).
+# bf16 weights in <= 15 MB shards to $OUT/tiny_model (plus logs and corpus stats).
 set -euo pipefail
 OUT=${OUT:-runs/gpu-out}
 WORK=${WORK:-/tmp/diffill-gpu}
@@ -13,7 +13,7 @@ AR_MIN=${AR_MIN:-2}
 TRAIN_MIN=${TRAIN_MIN:-3.5}
 CORPUS_MB=${CORPUS_MB:-250}
 HUMANEVAL=${HUMANEVAL:-data/humaneval}
-TOKENIZER=${TOKENIZER:-diffusion_core/default_model/tokenizer.json}
+TOKENIZER=${TOKENIZER:-diffusion_core/tiny_model/tokenizer.json}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT" "$WORK"
 t0=$(date +%s)
@@ -45,18 +45,18 @@ python3 -m diffill.cli train $COMMON $ARCH --out "$WORK/run" --init-from "$WORK/
   --max-minutes "$TRAIN_MIN" > "$WORK/train.log" 2>&1 || { tail -30 "$WORK/train.log"; exit 1; }
 tail -3 "$WORK/run/log.jsonl"
 
-rm -rf "$OUT/default_model" && cp -r "$WORK/run/model" "$OUT/default_model"
+rm -rf "$OUT/tiny_model" && cp -r "$WORK/run/model" "$OUT/tiny_model"
 python3 -c "
 import torch
 from diffusion_core.training.train import shard_weights
-print(shard_weights('$OUT/default_model', 15_000_000, torch.bfloat16))"
+print(shard_weights('$OUT/tiny_model', 15_000_000, torch.bfloat16))"
 cp "$WORK/ar/log.jsonl" "$OUT/ar_log.jsonl"
 cp "$WORK/run/log.jsonl" "$OUT/train_log.jsonl"
 cp "$WORK/run/train_config.json" "$OUT/"
 python3 -c "
 from diffusion_core.engine import Engine
-e = Engine.from_pretrained('$OUT/default_model', device='$DEVICE')
+e = Engine.from_pretrained('$OUT/tiny_model', device='$DEVICE')
 c = e.infill('def add(a, b):\n', '\n\nprint(add(1, 2))\n', max_tokens=16)
 print('smoke infill:', repr(c.text), c.stop_reason, f'{c.latency_ms:.0f} ms')"
-ls -la "$OUT" "$OUT/default_model"
+ls -la "$OUT" "$OUT/tiny_model"
 echo "total $(( $(date +%s) - t0 ))s"

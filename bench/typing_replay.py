@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import random
@@ -31,6 +32,7 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 REPO = Path(__file__).resolve().parents[1]
+PAUSE_S = 0.4  # a stop longer than this is a person waiting for (or reading) a suggestion
 # real code of this repository (MIT), typed back: functions of moderate size
 SOURCES = [
     ("diffusion_core/coder/prefix_cache.py", "def common_prefix"),
@@ -101,6 +103,7 @@ async def replay(model: str | None, files: int, max_chars: int, seed: int) -> di
     load_s = time.perf_counter() - t_load
     rng = random.Random(seed)
     answered: list[float] = []
+    at_pause: list[float | None] = []  # keys followed by a pause >= PAUSE_S: latency, None if unanswered
     shown = superseded = keys = 0
     for n, (rel, start) in enumerate(SOURCES[:files]):
         base, offset, typed = session(REPO / rel, start, rng, max_chars)
@@ -138,13 +141,21 @@ async def replay(model: str | None, files: int, max_chars: int, seed: int) -> di
             sent_at = time.perf_counter()
             pending = asyncio.ensure_future(client.text_document_inline_completion_async(params))
 
-            def done(fut: asyncio.Future, t0: float = sent_at) -> None:
+            slot = None
+            if pause >= PAUSE_S:
+                at_pause.append(None)
+                slot = len(at_pause) - 1
+
+            def done(fut: asyncio.Future, t0: float = sent_at, slot: int | None = slot) -> None:
                 nonlocal shown
                 if fut.cancelled() or fut.exception() is not None:
                     return
-                answered.append((time.perf_counter() - t0) * 1000.0)
+                ms = (time.perf_counter() - t0) * 1000.0
+                answered.append(ms)
                 res = fut.result()
                 shown += bool(res and res.items)
+                if slot is not None and res and res.items:
+                    at_pause[slot] = ms
 
             pending.add_done_callback(done)
             await asyncio.sleep(pause)
@@ -159,6 +170,9 @@ async def replay(model: str | None, files: int, max_chars: int, seed: int) -> di
     await client.stop()
     s = sorted(answered)
     pick = lambda q: s[min(len(s) - 1, int(q * len(s)))] if s else None  # noqa: E731
+    # what a person sees: after a key followed by a pause, the suggestion (if it came in the pause)
+    seen = sorted(x for x in at_pause if x is not None)
+    pause_pick = lambda q: round(seen[min(len(seen) - 1, int(q * len(seen)))], 1) if seen else None  # noqa: E731
     engine = st.get("engine") or {}
     return {
         "what": "keystroke -> inline completion answer, diffill serve over stdio, automatic trigger",
@@ -172,6 +186,10 @@ async def replay(model: str | None, files: int, max_chars: int, seed: int) -> di
         "latency_ms_p50": round(pick(0.5), 1) if s else None,
         "latency_ms_p95": round(pick(0.95), 1) if s else None,
         "latency_ms_mean": round(statistics.fmean(s), 1) if s else None,
+        "pauses": len(at_pause),
+        "pauses_with_a_suggestion": len(seen),
+        "pause_latency_ms_p50": pause_pick(0.5),
+        "pause_latency_ms_p95": pause_pick(0.95),
         "cache_hits": st.get("cacheHits"),
         "typed_through_hits": st.get("typedThroughHits"),
         "prefetch_hits": st.get("prefetchHits"),
@@ -191,10 +209,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "typing_replay.json"))
     args = ap.parse_args()
+    # pygls' client logs every answer that arrives for a request it has already cancelled
+    logging.getLogger("pygls").setLevel(logging.CRITICAL)
     result = asyncio.run(replay(args.model, args.files, args.max_chars, args.seed))
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    keys = ("keys", "answered", "superseded_by_next_key", "latency_ms_p50", "latency_ms_p95",
-            "cache_hits", "typed_through_hits", "context_tokens_reused_fraction")  # fmt: skip
+    keys = ("keys", "answered", "superseded_by_next_key", "latency_ms_p50", "latency_ms_p95", "pauses",
+            "pauses_with_a_suggestion", "pause_latency_ms_p50", "pause_latency_ms_p95", "cache_hits",
+            "typed_through_hits", "context_tokens_reused_fraction")  # fmt: skip
     print(json.dumps({k: result[k] for k in keys}))
     print(f"wrote {args.out}")
     return 0

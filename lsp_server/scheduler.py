@@ -92,7 +92,7 @@ class Scheduler:
         pf[1].promoted = True
         try:
             return await asyncio.shield(pf[2])
-        except (WorkCancelled, Exception):  # noqa: BLE001 - fall back to a normal run
+        except Exception:  # noqa: BLE001 - cancelled or failed (WorkCancelled too): a normal run instead
             return None
 
     def prefetch(self, key: bytes, prepare: Prepare, on_done: Callable[[bytes, str], None]) -> None:

@@ -141,7 +141,7 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
     names = [n.strip() for n in args.compare.split(",") if n.strip()]
     long = 64 if args.subset.startswith("single-line") else 128
     main = None
-    engines: dict[str, object] = {}  # "" = as loaded, "int8" = weight-only int8 for few-row calls
+    engines: dict[str, object] = {}  # "" = no int8, "int8" = weight-only int8 for few-row calls
     decoders = []
     for name in names:
         if name == "tiny":
@@ -163,12 +163,13 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
         if variant not in ("", "int8"):
             raise CommandError(f"--compare: unknown variant {variant!r} in {name!r} (only +int8)")
         if variant not in engines:
+            # explicit both ways, so a row's label says what ran (int8 is otherwise chosen per CPU)
             engines[variant] = load_engine(args, quantize=variant == "int8")
             # every decoder pays for its own prompt: with the shared K/V cache the second decoder
             # on a task would get the first one's context for free
             engines[variant].prefix_cache = None
         eng = main = engines[variant]
-        tag = " + int8" if variant else ""
+        tag = " + int8" if variant else (" (bf16)" if eng.dtype == torch.bfloat16 else "")
         if base_name == "ar":
             decoders.append(Decoder(f"AR greedy (base alone){tag}", eng, SamplingOptions(decoder="ar"), long))
         elif base_name.startswith("q"):
