@@ -27,3 +27,16 @@ bench_min=$(python3 -c "print(max(0.5, round(($left - 150) / 60, 1)))")
 echo "== issue 6: kernel tests + benchmark (${left}s left, BENCH_MINUTES=$bench_min)"
 OUT="$OUT/bench" BENCH_MINUTES="$bench_min" timeout "$left" bash bench/gpu_check.sh
 echo "bench exit $?; total $(($(date +%s) - t0))s"
+
+# What comes back from the device is at most 8 files of at most 16 MiB, two folders deep: keep the
+# summary as it is and pack everything else into one archive per phase (split below 16 MiB).
+cp "$OUT/bench/RESULTS.md" "$OUT/RESULTS.md" 2>/dev/null || true
+for phase in train bench; do
+  [ -d "$OUT/$phase" ] || continue
+  tar -czf "$OUT/$phase.tar.gz" -C "$OUT" "$phase" && rm -rf "${OUT:?}/$phase"
+  if [ "$(stat -c %s "$OUT/$phase.tar.gz")" -gt $((15 * 1024 * 1024)) ]; then
+    split -b 15M -d "$OUT/$phase.tar.gz" "$OUT/$phase.tar.gz.part" && rm "$OUT/$phase.tar.gz"
+  fi
+done
+ls -la "$OUT"
+echo "unpack here: cat OUT/train.tar.gz* | tar -xz  (and the same for bench)"

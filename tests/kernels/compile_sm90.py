@@ -36,8 +36,13 @@ def _probe(X):
 def main() -> int:
     try:
         compile_one(_probe, {"X": "fp32"}, {})
-    except Exception as e:  # noqa: BLE001 - no toolchain here: nothing to check
-        print(f"SKIP no sm_90 toolchain: {type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001
+        import torch
+
+        if torch.cuda.is_available():  # a GPU machine must be able to compile: a broken toolchain fails
+            print(f"FAIL the sm_90 probe did not compile on a machine with a GPU: {type(e).__name__}: {e}")
+            return 1
+        print(f"SKIP no sm_90 toolchain (and no GPU): {type(e).__name__}: {e}")
         return 0
     bf = "bf16"
     f32 = "fp32"
