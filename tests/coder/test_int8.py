@@ -14,15 +14,16 @@ from diffusion_core.int8 import MAX_ROWS, Int8Weight, int8_available
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch has no weight-only int8 kernel")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("rows", [1, 2, MAX_ROWS])
-def test_int8_matmul_matches_the_dequantized_weight(rows: int) -> None:
+def test_int8_matmul_matches_the_dequantized_weight(rows: int, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(rows)
-    w = (torch.randn(320, 96, generator=gen) * 0.05).bfloat16()
+    w = (torch.randn(320, 96, generator=gen) * 0.05).to(dtype)
     q = Int8Weight.quantize(w)
     # the stand-in is close to the original weight (one scale per row of 96)
     err = (q.dequantize().float() - w.float()).abs().max() / w.float().abs().max()
     assert err <= 1 / 254 + 1e-3
-    x = torch.randn(rows, 96, generator=gen).bfloat16()
+    x = torch.randn(rows, 96, generator=gen).to(dtype)
     ref = x.float() @ q.dequantize().float().t()
     out = q.matmul(x).float()
     assert out.shape == (rows, 320)
