@@ -27,11 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models",
         type=_names,
-        help="comma list of: default, default-shape, open-dcoder-0.5b, coda-1.7b, dream-7b",
+        help="comma list of: default, default-shape, diffill-coder-0.5b, open-dcoder-0.5b, coda-1.7b, "
+        "dream-7b",
     )
     p.add_argument("--contexts", type=_ints, help="comma list of context lengths (default 512,2048,4096)")
     p.add_argument("--middles", type=_ints, help="comma list of middle lengths (default 16,32,64,128)")
-    p.add_argument("--variants", type=_names, help="comma list: engine, eager, reference, ar")
+    p.add_argument(
+        "--variants",
+        type=_names,
+        help="comma list: engine, eager, reference, ar, coder (Diffill-Coder's step; coder shapes only)",
+    )
     p.add_argument("--steps-per-block", type=int, default=8, help="fixed denoising steps per block")
     p.add_argument("--block-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=0, help="timed runs per engine cell (default 10; quick 3)")

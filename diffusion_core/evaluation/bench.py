@@ -54,6 +54,11 @@ SHAPES: dict[str, ModelConfig] = {
         vocab_size=152064, hidden_size=3584, num_layers=28, num_heads=28, num_kv_heads=4,
         intermediate_size=18944, rope_theta=1e6, qkv_bias=True, tie_embeddings=False,
     ),
+    # Diffill-Coder's base, Qwen2.5-Coder-0.5B (untied head); with the "coder" variant
+    "diffill-coder-0.5b": ModelConfig(
+        vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
+        intermediate_size=4864, rope_theta=1e6, qkv_bias=True, tie_embeddings=False,
+    ),
     # stand-in with the embedded default's shape, used when that model is not in the package
     "default-shape": ModelConfig(
         vocab_size=4096, hidden_size=192, num_layers=6, num_heads=3, num_kv_heads=1, head_dim=64,
@@ -62,10 +67,15 @@ SHAPES: dict[str, ModelConfig] = {
 }  # fmt: skip
 
 VARIANTS = ("engine", "eager", "reference", "ar")
-GPU_MODELS = ("open-dcoder-0.5b", "dream-7b", "coda-1.7b")  # the targets' models first
+# "coder": Diffill-Coder's step (causal context once, a window of masked rows with the adapter, the
+# base checking drafts), on random weights: nothing is drafted, so every forward has the real row
+# layout (one committed token + the window) and commits one token -- a per-step cost, not a speed
+CODER_WINDOW = 2
+GPU_MODELS = ("diffill-coder-0.5b", "open-dcoder-0.5b", "dream-7b", "coda-1.7b")  # the targets' models first
 # issue 6's latency targets (H100, batch 1, bf16): (model, context, middle) -> p50 ms
 TARGETS: dict[tuple[str, int, int], float] = {
     ("open-dcoder-0.5b", 2048, 64): 25.0,
+    ("diffill-coder-0.5b", 2048, 64): 25.0,  # issue 16: the default model's shape
     ("dream-7b", 1024, 32): 100.0,
 }
 
@@ -78,7 +88,7 @@ class BenchConfig:
     contexts: list[int] = field(default_factory=lambda: [512, 2048, 4096])
     middles: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     targets: bool = True  # also run the target cells that are not on the grid (7B at 1k context)
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: [*VARIANTS, "coder"])
     block_size: int = 32
     steps_per_block: int = 8
     repeats: int = 10  # engine and eager
@@ -127,6 +137,29 @@ def _random_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) ->
             else:
                 p.normal_(0.0, 0.02)
     return model.eval()
+
+
+_CODER_PARTS: dict[int, tuple] = {}
+
+
+def _coder_parts(model: Transformer) -> tuple:
+    """A rank-16 adapter (random, non-zero) and a FIM family for ``model`` (built once)."""
+    if id(model) not in _CODER_PARTS:
+        from diffusion_core.coder.adapter import Adapter, AdapterConfig
+
+        v = model.cfg.vocab_size
+        p = model.head_weight
+        ad = Adapter(model.cfg, AdapterConfig(rank=16, alpha=32.0, mask_id=v - 1))
+        ad = ad.to(device=p.device, dtype=torch.float32 if p.device.type == "cpu" else p.dtype)
+        with torch.no_grad():
+            for t in ad.parameters():
+                t.normal_(0.0, 0.02)
+        fam = FamilySpec(
+            name="bench-coder", shifted=True, mask_id=v - 1, eos_ids=(v - 2,), pad_id=v - 3,
+            fim_ids=(v - 4, v - 5, v - 6), special_ids=frozenset(range(v - 8, v)),
+        )  # fmt: skip
+        _CODER_PARTS[id(model)] = (ad.eval(), fam)
+    return _CODER_PARTS[id(model)]
 
 
 def _family(cfg: ModelConfig) -> FamilySpec:
@@ -286,6 +319,12 @@ def run_cell(
         model.use_kernels = None
         prompt = canvas.prefix + canvas.suffix
         fn = lambda: ar_generate(fast, prompt, middle)
+    elif variant == "coder":
+        from diffusion_core.coder.sampler import coder_sample
+
+        adapter, fam = _coder_parts(model)
+        coder_opts = SamplingOptions(quality=0.7)
+        fn = lambda: coder_sample(model, adapter, fam, canvas, coder_opts, CODER_WINDOW).steps
     else:
         raise ValueError(f"unknown variant {variant!r}")
     repeats = cfg.repeats if variant in ("engine", "eager") else cfg.baseline_repeats
@@ -386,8 +425,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         if cfg.targets:  # target cells first, so a time budget never skips them
             first = [(c, m) for (k, c, m) in TARGETS if k == key]
             grid = first + [cell for cell in grid if cell not in first]
+        coder_shape = key.startswith("diffill-coder")
+        # the coder shape runs its own step and the AR peer; the diffusion shapes never the coder step
+        variants = [v for v in cfg.variants if (v in ("coder", "ar")) == coder_shape or v == "ar"]
         for context, middle in grid:
-            for variant in cfg.variants:
+            for variant in variants:
                 if over_budget():
                     skipped.append(f"{name}/{context}/{middle}/{variant}")
                     continue
@@ -414,7 +456,7 @@ def summary_rows(cells: list[Cell]) -> list[dict]:
         by.setdefault((c.model, c.context, c.middle), {})[c.variant] = c
     rows = []
     for (model, context, middle), v in by.items():
-        e = v.get("engine")
+        e = v.get("engine") or v.get("coder")  # the coder shape's own step stands for the engine
         if e is None:
             continue
         row = {
@@ -509,7 +551,7 @@ def main_args(args: object) -> int:
     if args.quick:
         cfg.repeats, cfg.baseline_repeats, cfg.warmup = 3, 1, 1
         if device != "cpu":
-            cfg.models, cfg.contexts, cfg.middles = ["open-dcoder-0.5b"], [2048], [64]
+            cfg.models, cfg.contexts, cfg.middles = ["diffill-coder-0.5b", "open-dcoder-0.5b"], [2048], [64]
     for attr in ("models", "contexts", "middles", "variants"):
         value = getattr(args, attr, None)
         if value:

@@ -35,3 +35,28 @@ def test_bench_cpu_smoke(tmp_path: Path) -> None:
         assert row["speedup_vs_reference"] > 0 and row["tokens_per_s_vs_ar"] > 0
         assert row["floor_ms"] > 0 and row["p95_ms"] >= row["p50_ms"]
     assert "| default-shape | 40 | 20 |" in md.read_text()
+
+
+def test_bench_coder_step_on_a_small_coder_shape(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The coder variant runs Diffill-Coder's step (one committed row + the window, adapter on)
+    and reports one token per forward on random weights; the AR peer runs beside it."""
+    from diffusion_core.evaluation import bench
+    from diffusion_core.model import ModelConfig
+
+    small = ModelConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                        intermediate_size=96, qkv_bias=True, tie_embeddings=False)  # fmt: skip
+    monkeypatch.setitem(bench.SHAPES, "diffill-coder-test", small)
+    threads = torch.get_num_threads()
+    try:
+        args = ["bench", "--device", "cpu", "--quick", "--threads", "1", "--models", "diffill-coder-test",
+                "--contexts", "40", "--middles", "12", "--out", str(tmp_path)]  # fmt: skip
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (js,) = tmp_path.glob("latency-cpu-*.json")
+    result = json.loads(js.read_text())
+    cells = {c["variant"]: c for c in result["cells"]}
+    assert set(cells) == {"coder", "ar"}
+    assert cells["coder"]["steps"] == 12  # nothing drafted on random weights: one token per forward
+    (row,) = result["rows"]
+    assert row["tokens_per_s_vs_ar"] is not None and row["steps"] == 12
