@@ -19,12 +19,12 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .interface import load_reporter
 
 __all__ = [
     "ALLOW_PATTERNS",
@@ -34,7 +34,6 @@ __all__ = [
     "cached_models",
     "fetch",
     "parse_hub_id",
-    "reporting",
     "resolve",
 ]
 
@@ -58,23 +57,9 @@ _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<r
 
 Progress = Callable[..., Any]  # a tqdm class (huggingface_hub's ``tqdm_class``)
 
-# who hears about a download in this context (the language server's $/progress); the loader
-# deep below it need not know
-_reporter: ContextVar[Callable[[str], None] | None] = ContextVar("diffill_hub_reporter", default=None)
-
-
-@contextmanager
-def reporting(report: Callable[[str], None] | None) -> Iterator[None]:
-    """Downloads started inside this block also report their progress to ``report``."""
-    token = _reporter.set(report)
-    try:
-        yield
-    finally:
-        _reporter.reset(token)
-
 
 def _reported_progress(model_id: str) -> Progress | None:
-    report = _reporter.get()
+    report = load_reporter()
     if report is None:
         return None
     from tqdm.auto import tqdm

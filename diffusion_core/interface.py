@@ -9,7 +9,9 @@ pay for importing torch, yet it speaks the engine's API (``SamplingOptions`` in,
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "Completion",
     "InfillRequest",
     "SamplingOptions",
+    "load_reporter",
+    "reporting",
 ]
 
 CONFIDENCE_KINDS = ("maxprob", "entropy", "margin")
@@ -36,6 +40,25 @@ DECODERS = ("diffusion", "ar")
 
 # asked between steps (and while waiting on a remote server): True means stop and raise Cancelled
 CancelCheck = Callable[[], bool]
+
+# who hears how a model load goes in this context (a hub download: the language server relays it
+# as $/progress); set by the caller around a load, read deep inside it, so no layer in between
+# needs a parameter for it
+_load_reporter: ContextVar[Callable[[str], None] | None] = ContextVar("diffill_load_reporter", default=None)
+
+
+@contextmanager
+def reporting(report: Callable[[str], None] | None) -> Iterator[None]:
+    """Loads (downloads) started inside this block report their progress to ``report``."""
+    token = _load_reporter.set(report)
+    try:
+        yield
+    finally:
+        _load_reporter.reset(token)
+
+
+def load_reporter() -> Callable[[str], None] | None:
+    return _load_reporter.get()
 
 
 class Cancelled(Exception):

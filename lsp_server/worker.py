@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_core.hub import reporting
+from diffusion_core.interface import reporting
 
 from .backend import Backend, BackendCancelled, InfillJob, make_backend
 from .stats import Stats
