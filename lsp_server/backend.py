@@ -13,7 +13,7 @@ has even loaded; in team mode (a backend URL) torch is never imported at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -119,6 +119,11 @@ class EngineBackend:
         self.engine = None
 
 
+# builds the local engine from (model path, device, dtype); the command line hands it in, so the
+# language server reaches the engine only through the seam (diffusion_core/interface.py)
+LocalLoader = Callable[[str | None, str | None, str | None], Any]
+
+
 def make_backend(
     model_path: str | None,
     device: str | None,
@@ -126,9 +131,11 @@ def make_backend(
     backend_url: str | None = None,
     api_key: str | None = None,
     remote_model: str | None = None,
+    *,
+    load_local: LocalLoader | None = None,
 ) -> Backend:
-    """Connect to ``backend_url`` when one is given (team mode), else load the local engine (the
-    embedded default model when ``model_path`` is None).
+    """Connect to ``backend_url`` when one is given (team mode), else load the local engine with
+    ``load_local`` (the default model when ``model_path`` is None).
 
     The remote server is asked for its models right away, so an unreachable URL or a rejected
     key fails here -- reported once, as a model that does not load -- and not on every request.
@@ -143,6 +150,9 @@ def make_backend(
             remote.close()
             raise
         return EngineBackend(remote)
-    from diffusion_core.engine import Engine
-
-    return EngineBackend(Engine.from_pretrained(model_path, device=device, dtype=dtype))
+    if load_local is None:
+        raise RuntimeError(
+            "this language server has no local model loader (start it with `diffill serve`, or "
+            "set diffill.backendUrl to use a team server)"
+        )
+    return EngineBackend(load_local(model_path, device, dtype))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -69,6 +70,14 @@ def _setup_logging(path: str | None, level: str) -> None:
     logging.getLogger("pygls").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
+def load_engine(model_path: str | None, device: str | None, dtype: str | None):  # noqa: ANN201
+    """The local engine for the language server (imported here, in the worker thread, so the
+    server starts without torch and in team mode never loads it)."""
+    from diffusion_core.engine import Engine
+
+    return Engine.from_pretrained(model_path, device=device, dtype=dtype)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         tcp = parse_tcp(args.tcp) if args.tcp else None
@@ -85,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
     _setup_logging(args.log_file, args.log_level)
 
-    from lsp_server.backend import ModelDefaults
+    from lsp_server.backend import ModelDefaults, make_backend
     from lsp_server.server import create_server
+
+    factory = functools.partial(make_backend, load_local=load_engine)
 
     if args.base:  # Diffill-Coder's base: read where the engine resolves it (coder/load.py)
         os.environ["DIFFILL_BASE"] = args.base
@@ -96,14 +107,14 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             token_file = Path(args.token_file) if args.token_file else None
-            code = serve_tcp(*tcp, defaults, token_file=token_file)
+            code = serve_tcp(*tcp, defaults, factory=factory, token_file=token_file)
         except TcpTokenError as exc:
             print(f"diffill serve: {exc}", file=sys.stderr)
             return 2
         logging.shutdown()
         sys.stderr.flush()
         os._exit(code)
-    server = create_server(defaults)
+    server = create_server(defaults, factory)
     # stdout is the protocol channel: give the server its own copy of the descriptor and point
     # fd 1 at stderr, so a stray print (ours, a library's, a C extension's) cannot corrupt it.
     lsp_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
