@@ -70,7 +70,7 @@ def _setup_logging(path: str | None, level: str) -> None:
     logging.getLogger("pygls").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
 
 
-def load_engine(model_path: str | None, device: str | None, dtype: str | None):  # noqa: ANN201
+def local_engine(model_path: str | None, device: str | None, dtype: str | None):  # noqa: ANN201
     """The local engine for the language server (imported here, in the worker thread, so the
     server starts without torch and in team mode never loads it)."""
     from diffusion_core.engine import Engine
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from lsp_server.backend import ModelDefaults, make_backend
     from lsp_server.server import create_server
 
-    factory = functools.partial(make_backend, load_local=load_engine)
+    factory = functools.partial(make_backend, load_local=local_engine)
 
     if args.base:  # Diffill-Coder's base: read where the engine resolves it (coder/load.py)
         os.environ["DIFFILL_BASE"] = args.base
