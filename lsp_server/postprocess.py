@@ -128,7 +128,7 @@ def _cut_closers_already_there(text: str, ctx: EditContext) -> str:
         elif c in CLOSERS:
             if stack and stack[-1] == CLOSERS[c]:
                 stack.pop()
-            elif not stack and c == nxt:
+            elif c == nxt:  # closes nothing the completion opened: the one before the cursor
                 return text[:i]
         i += 1
     return text
