@@ -24,6 +24,7 @@ from .interface import CancelCheck, Cancelled, Completion, InfillRequest, Sampli
 from .length import predict_lengths, resolve_length
 from .model import RowAdapter
 from .sampler import Canvas, SampleOutput, sample_batch
+from .token_healing import heal_prefix, unheal
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -316,13 +317,16 @@ class Engine:
         with self._lock, torch.inference_mode():
             for idx in groups.values():
                 opts = requests[idx[0]].options or self.default_options
-                canvases = []
+                canvases, taken = [], []
                 for i in idx:
-                    p, s = self.fit_context(requests[i].prefix, requests[i].suffix)
+                    prefix, ws = heal_prefix(requests[i].prefix)
+                    p, s = self.fit_context(prefix, requests[i].suffix)
                     canvases.append(Canvas(prefix=p, suffix=s, max_tokens=requests[i].max_tokens))
+                    taken.append(ws)
                 outs = self._sample(canvases, opts, cancel, [requests[i].stop for i in idx])
-                for i, out in zip(idx, outs):
-                    text, reason = _cut_at_stop(self.tokenizer.decode(out.tokens), requests[i].stop)
+                for i, ws, out in zip(idx, taken, outs):
+                    text = unheal(self.tokenizer.decode(out.tokens), ws)
+                    text, reason = _cut_at_stop(text, requests[i].stop)
                     results[i] = Completion(
                         text=text,
                         tokens=len(out.tokens),
