@@ -7,7 +7,7 @@ never saw there, and it often answers with the indentation again: measured with 
 ``def is_even(n):\\n    |`` gave ``"    return n % 2 == 0"``, which the editor shows 8 columns
 deep. So on such a line the indentation is taken off the prefix before the model runs and taken
 back off the start of its answer. Only there: after code (``return |``) the same change made the
-answers of the golden cases worse (tests/lsp/data/postprocess_golden.json), not better.
+answers of the golden cases worse (tests/lsp/golden/postprocess_golden.json), not better.
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from lsp_server.documents import Document
 from lsp_server.postprocess import EditContext, postprocess
 
@@ -98,3 +103,14 @@ def test_empty_or_whitespace_only_completions_give_no_item():
     assert complete("x = |\n", "   \n\t\n") is None
     assert complete("print(|)\n", ")") is None
     assert complete("def f():\n    |\n    return 1\n", "\n    return 1") is None
+
+
+GOLDEN = json.loads((Path(__file__).with_name("golden") / "postprocess_golden.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", GOLDEN, ids=[c["name"] for c in GOLDEN])
+def test_golden_cases_from_real_model_output(case: dict) -> None:
+    """What Diffill-Coder really answered in these places, and the ghost text a user should see
+    (multi-line bodies cut at the block's end, closers already after the cursor not typed again,
+    a bare closer or quote giving no suggestion at all)."""
+    assert complete(case["source"], case["raw"]) == case["expected"]
