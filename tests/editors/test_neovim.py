@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import pytest
 
 from .conftest import NEOVIM_DIR as PLUGIN
 from .conftest import editor_env, missing
+from .scripted_backend import SCRIPTED, scripted_backend
 
 
 def _find_nvim() -> str | None:
@@ -66,9 +69,10 @@ def nvim_version(nvim_bin: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _init_lua(path: Path, model: Path, inline: str) -> Path:
-    """A user config: the plugin on 'runtimepath' and setup() with the test's server and model.
-    `inline = 'plain'`: no setup(), the README's plain vim.lsp.config + vim.lsp.enable instead."""
+def _init_lua(path: Path, model: Path, inline: str, backend_url: str | None = None) -> Path:
+    """A user config: the plugin on 'runtimepath' and setup() with the test's server and model
+    (or the team server at ``backend_url``). `inline = 'plain'`: no setup(), the README's plain
+    vim.lsp.config + vim.lsp.enable instead."""
     if inline == "plain":
         settings = {"modelPath": str(model), "device": "cpu", "maxLines": 1, "maxTokens": 24}
         cfg = {
@@ -86,11 +90,14 @@ def _init_lua(path: Path, model: Path, inline: str) -> Path:
             encoding="utf-8",
         )
         return path
+    settings = {"modelPath": str(model), "device": "cpu", "maxLines": 1, "maxTokens": 24}
+    if backend_url:
+        settings = {"backendUrl": backend_url, "maxLines": 1, "maxTokens": 24}
     opts = {
         "cmd": [sys.executable, "-m", "diffill.cli", "serve"],
         "inline": inline,
         "debounce_ms": 30,
-        "settings": {"modelPath": str(model), "device": "cpu", "maxLines": 1, "maxTokens": 24},
+        "settings": settings,
     }
     path.write_text(
         f"vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})\n"
@@ -161,10 +168,12 @@ def _nvim_argv(nvim_bin: str, init: Path, *extra: str) -> list[str]:
     return [nvim_bin, "--headless", "-n", "-i", "NONE", "-u", str(init), *extra]
 
 
-@pytest.fixture
-def session(request: pytest.FixtureRequest, nvim_bin: str, tiny_model: Path, tmp_path: Path):
-    inline = request.param
-    init = _init_lua(tmp_path / "init.lua", tiny_model, inline)
+@contextmanager
+def _session(nvim_bin: str, model: Path, tmp_path: Path, param: str) -> Iterator[tuple[Any, Path]]:
+    """A headless Neovim with the plugin set up by ``param``: "native", "fallback" or "plain",
+    with "@URL" to use the team server at URL instead of the model."""
+    inline, _, backend = param.partition("@")
+    init = _init_lua(tmp_path / "init.lua", model, inline, backend or None)
     env = {
         "PYTHONPATH": editor_env()["PYTHONPATH"],
         "XDG_STATE_HOME": str(tmp_path / "state"),
@@ -182,6 +191,12 @@ def session(request: pytest.FixtureRequest, nvim_bin: str, tiny_model: Path, tmp
         except Exception:  # noqa: BLE001 - already gone
             pass
         nvim.close()
+
+
+@pytest.fixture
+def session(request: pytest.FixtureRequest, nvim_bin: str, tiny_model: Path, tmp_path: Path):
+    with _session(nvim_bin, tiny_model, tmp_path, request.param) as s:
+        yield s
 
 
 def _open_and_type(nvim: Any, path: Path) -> None:
@@ -233,6 +248,27 @@ def test_native_inline_completion(session: Any, nvim_version: tuple[int, int]) -
     ghost = _wait("ghost text", lambda: _ghost(nvim), nvim=nvim)
     assert "\n" not in ghost  # maxLines = 1
     _accept_and_save(nvim, tmp / "hello.py", ghost)
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Any:
+    with scripted_backend() as (url, bodies):
+        yield url, bodies
+
+
+@pytest.mark.parametrize("engine", ["native", "fallback"])
+def test_exact_ghost_text_from_a_scripted_backend(
+    engine: str, scripted: Any, nvim_bin: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The backend's text (accents, an arrow, an emoji) is what Neovim shows and inserts,
+    character for character, with both ghost-text engines."""
+    url, bodies = scripted
+    with _session(nvim_bin, tiny_model, tmp_path, f"{engine}@{url}") as (nvim, tmp):
+        _open_and_type(nvim, tmp / "hello.py")
+        ghost = _wait("ghost text", lambda: _ghost(nvim), nvim=nvim)
+        assert ghost == SCRIPTED
+        assert any(b["prompt"].endswith(TYPED) for b in bodies)  # the typed text reached it
+        _accept_and_save(nvim, tmp / "hello.py", ghost)
 
 
 @pytest.mark.parametrize("session", ["plain"], indirect=True)

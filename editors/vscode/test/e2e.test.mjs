@@ -15,6 +15,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -355,6 +356,62 @@ test('clicking the status bar item turns completions off and on', { timeout: 200
     await page.keyboard.press('Backspace');
     await page.keyboard.type(TYPED.slice(-1));
     await waitForGhost('ghost text after enabling again');
+});
+
+// A team server that always answers the same middle: the suggestion is known character for
+// character (accents, an arrow, an emoji that is a UTF-16 surrogate pair), so the test can assert
+// that VS Code shows exactly it and Tab inserts exactly it (tests/editors/scripted_backend.py is
+// the same server for the Neovim tests).
+const SCRIPTED = '(2, "héllo → wörld 🙂")';
+
+async function startScriptedBackend() {
+    const prompts = [];
+    const server = createHttpServer((req, res) => {
+        let body = '';
+        req.on('data', (d) => (body += d));
+        req.on('end', () => {
+            res.setHeader('Content-Type', 'application/json');
+            if (req.method === 'GET' && req.url === '/v1/models') {
+                res.end(JSON.stringify({ object: 'list', data: [{ id: 'scripted', object: 'model' }] }));
+            } else if (req.method === 'POST' && req.url === '/v1/completions') {
+                prompts.push(JSON.parse(body).prompt);
+                const choice = { index: 0, text: SCRIPTED, finish_reason: 'stop' };
+                res.end(JSON.stringify({ object: 'text_completion', model: 'scripted', choices: [choice] }));
+            } else {
+                res.statusCode = 404;
+                res.end(JSON.stringify({ error: { message: 'not found' } }));
+            }
+        });
+    });
+    await new Promise((r) => server.listen(0, '127.0.0.1', r));
+    return { server, prompts, url: `http://127.0.0.1:${server.address().port}` };
+}
+
+test('the exact text a scripted team server sends is shown and inserted, unicode included', { timeout: 200000 }, async () => {
+    const backend = await startScriptedBackend();
+    try {
+        await stopCodeServer();
+        writeFileSync(path.join(dirs.workspace, 'scripted.py'), INITIAL);
+        writeUserSettings(userSettings({ 'diffill.backendUrl': backend.url }));
+        await startCodeServer();
+        await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(dirs.workspace)}`);
+        await page.waitForSelector('.monaco-workbench', { timeout: 60000 });
+        await waitFor('the Diffill status bar item to say ready', async () => /ready/i.test(await statusLabel()), 120000).catch(
+            async (error) => {
+                throw new Error(`${error.message}${await diagnostics()}`);
+            },
+        );
+        await openFile('scripted.py');
+        await page.keyboard.type(TYPED, { delay: 40 });
+        const ghost = await waitForGhost();
+        assert.equal(ghost, SCRIPTED);
+        assert.ok(backend.prompts.some((p) => p.endsWith(TYPED)), 'the typed text reached the server');
+        await page.keyboard.press('Tab');
+        const saved = await saveAndRead('scripted.py', INITIAL);
+        assert.equal(saved, INITIAL + TYPED + SCRIPTED);
+    } finally {
+        backend.server.close();
+    }
 });
 
 test('a missing Python interpreter gives a notification that says how to fix it', { timeout: 120000 }, async () => {
