@@ -308,15 +308,14 @@ class Engine:
             return []
         t0 = time.perf_counter()
         results: list[Completion | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
+        groups: dict[SamplingOptions, list[int]] = {}
         for i, r in enumerate(requests):
             if r.max_tokens < 0:
                 raise ValueError("max_tokens must be >= 0")
             opts = r.options or self.default_options
-            groups.setdefault(_options_key(opts), []).append(i)
+            groups.setdefault(opts, []).append(i)  # frozen, so hashable: equal options share a run
         with self._lock, torch.inference_mode():
-            for idx in groups.values():
-                opts = requests[idx[0]].options or self.default_options
+            for opts, idx in groups.items():
                 canvases, taken = [], []
                 for i in idx:
                     prefix, ws = heal_prefix(requests[i].prefix)
@@ -336,6 +335,15 @@ class Engine:
                     )
         latency = (time.perf_counter() - t0) * 1000.0
         return [replace(c, latency_ms=latency) for c in results if c is not None]
+
+    def close(self) -> None:
+        """Drop the cached context K/V (the model goes with the engine object)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
+    def stats(self) -> dict:
+        """Counters the language server's status shows (context K/V reuse), where there are any."""
+        return self.prefix_cache.stats() if self.prefix_cache is not None else {}
 
     # ----------------------------------------------------------------------------- info
     def info(self) -> dict:
@@ -359,10 +367,6 @@ class Engine:
             "vocab_size": cfg.vocab_size,
             "config": cfg.to_dict(),
         }
-
-
-def _options_key(o: SamplingOptions) -> tuple:
-    return tuple(sorted(vars(o).items()))
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:

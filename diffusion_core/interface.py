@@ -1,20 +1,23 @@
-"""The engine's value types, importable without torch.
+"""The seam between the servers and whatever fills the middle, importable without torch.
 
 Why a separate module: the language server in team mode talks to a remote server and must not
-pay for importing torch, yet it speaks the engine's API (``SamplingOptions`` in,
-``Completion`` out, ``Cancelled`` raised). ``diffusion_core.sampler`` and
+pay for importing torch, yet it speaks the engine's API: :class:`Backend` (implemented by
+``diffusion_core.engine.Engine`` and ``lsp_server.remote.RemoteBackend``), ``InfillRequest`` and
+``SamplingOptions`` in, ``Completion`` out, ``Cancelled`` raised. ``diffusion_core.sampler`` and
 ``diffusion_core.engine`` re-export these, so the classes are the same objects everywhere.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 __all__ = [
+    "Backend",
     "CONFIDENCE_KINDS",
     "LENGTH_POLICIES",
     "CancelCheck",
@@ -143,3 +146,26 @@ class InfillRequest:
     options: SamplingOptions | None = None
     language: str | None = None
     stop: tuple[str, ...] = ()  # end the completion at the first of these (not included)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What fills the middle for a server: the local engine, or a remote one over HTTP."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` costs in this model's context budget (an estimate for remote models)."""
+        ...
+
+    def infill_batch(
+        self, requests: Sequence[InfillRequest], cancel: CancelCheck | None = None
+    ) -> list[Completion]:
+        """Fill every request in one run, results in order; raise :class:`Cancelled` between
+        steps once ``cancel()`` returns True."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the model (or the connections); the backend is not used afterwards."""
+        ...

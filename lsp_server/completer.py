@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from lsprotocol import types
 
-from .backend import Backend, InfillJob
+from diffusion_core.interface import Backend, InfillRequest, SamplingOptions
+
 from .cache import CompletionCache, Shown, TypedThrough, cache_key
 from .context import ANCHOR_CHARS, Context, RingBuffer, after_accepting, build_context, cut_prefix, cut_suffix
 from .documents import DocumentStore
@@ -220,7 +221,7 @@ def _prepare(ctx: Context, s: Settings, anchors: dict[str, str] | None = None) -
     stops at its end, which on a CPU is most of the latency saved); several lines are suggested
     from a blank line, where a new block starts."""
 
-    def prepare(backend: Backend) -> InfillJob:
+    def prepare(backend: Backend) -> InfillRequest:
         count = backend.count_tokens
         anchor = anchors.get(ctx.uri, "") if anchors is not None else None
         prefix = cut_prefix(ctx.prefix, s.prefix_tokens, count, anchor)
@@ -229,13 +230,12 @@ def _prepare(ctx: Context, s: Settings, anchors: dict[str, str] | None = None) -
         if ctx.extra:
             prefix = cut_prefix(ctx.extra, s.extra_context_tokens, count) + prefix
         suffix = cut_suffix(ctx.suffix, s.suffix_tokens, count)
-        return InfillJob(
+        return InfillRequest(
             prefix=prefix,
             suffix=suffix,
             max_tokens=s.max_tokens,
+            options=SamplingOptions(quality=s.quality, length=s.length),
             language=ctx.language or None,
-            quality=s.quality,
-            length=s.length,
             stop=("\n",) if ctx.edit.mid_line or ctx.edit.line_prefix.strip() else (),
         )
 

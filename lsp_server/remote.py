@@ -2,10 +2,9 @@
 
 Why: a team shares one GPU box (``diffill serve-http``, or several behind a load balancer, or any
 inference server whose ``/v1/completions`` accepts ``suffix``), and every editor's language
-server talks to it. :class:`RemoteBackend` mirrors the part of
-:class:`diffusion_core.engine.Engine` the language server uses -- ``infill`` and
-``infill_batch`` with the same arguments, results and ``Cancelled`` exception -- so it can stand
-in for the engine without other changes.
+server talks to it. :class:`RemoteBackend` is a :class:`diffusion_core.interface.Backend`, as the
+local engine is -- ``infill_batch`` with the same requests, results and ``Cancelled`` exception --
+so the language server cannot tell the two apart.
 
 Cancellation is real: requests run on a private asyncio loop, and a cancel closes the HTTP
 connection, which makes a Diffill server drop the request from its batch.
@@ -81,7 +80,12 @@ class RemoteBackend:
         self._thread: threading.Thread | None = None
         self._client: httpx.AsyncClient | None = None
 
-    # ------------------------------------------------------------------------- engine-like API
+    # ------------------------------------------------------------------------- Backend
+    def count_tokens(self, text: str) -> int:
+        """An estimate (the remote tokenizer is not here): about 3 UTF-8 bytes per token, on the
+        high side for code, so a context cut to the budget fits the server's."""
+        return len(text.encode("utf-8", "surrogatepass")) // 3 + 1
+
     @property
     def model_id(self) -> str:
         """The model the requests name (asks ``/v1/models`` once when not given)."""

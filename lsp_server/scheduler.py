@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 
 from .stats import Stats
-from .worker import EngineWorker, Prepare, Ticket, WorkCancelled
+from .worker import Cancelled, EngineWorker, Prepare, Ticket
 
 __all__ = ["Scheduler"]
 
@@ -74,7 +74,7 @@ class Scheduler:
                 self.stats.bump("superseded")
                 return None
             return text
-        except WorkCancelled:
+        except Cancelled:
             self.stats.bump("superseded")
             return None
         except asyncio.CancelledError:
@@ -92,7 +92,7 @@ class Scheduler:
         pf[1].promoted = True
         try:
             return await asyncio.shield(pf[2])
-        except Exception:  # noqa: BLE001 - cancelled or failed (WorkCancelled too): a normal run instead
+        except Exception:  # noqa: BLE001 - cancelled or failed (Cancelled too): a normal run instead
             return None
 
     def prefetch(self, key: bytes, prepare: Prepare, on_done: Callable[[bytes, str], None]) -> None:
@@ -116,7 +116,7 @@ class Scheduler:
             if exc is None:
                 self.stats.bump("prefetches")
                 on_done(key, f.result())
-            elif not isinstance(exc, WorkCancelled):
+            elif not isinstance(exc, Cancelled):
                 log.debug("prefetch failed: %s", exc)
 
         future.add_done_callback(finished)

@@ -17,18 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion_core.interface import reporting
+from diffusion_core.interface import Backend, Cancelled, InfillRequest, reporting
 
-from .backend import Backend, BackendCancelled, InfillJob, make_backend
+from .backend import make_backend
 from .stats import Stats
 
-__all__ = ["EngineWorker", "LoadFailed", "NotReady", "Ticket", "WorkCancelled"]
+__all__ = ["Cancelled", "EngineWorker", "LoadFailed", "NotReady", "Ticket"]
 
 log = logging.getLogger(__name__)
 
 # (model_path, device, dtype, backend_url, api_key, remote_model): what make_backend takes
 BackendFactory = Callable[..., Backend]
-Prepare = Callable[[Backend], InfillJob]
+Prepare = Callable[[Backend], InfillRequest]
 
 
 class LoadFailed(RuntimeError):
@@ -37,10 +37,6 @@ class LoadFailed(RuntimeError):
 
 class NotReady(RuntimeError):
     """No model is loaded (still loading, or the load failed)."""
-
-
-class WorkCancelled(Exception):
-    """The request was cancelled or superseded before or while the model ran."""
 
 
 class Ticket:
@@ -136,7 +132,7 @@ class EngineWorker:
     async def infill(self, prepare: Prepare, ticket: Ticket, prefetch: bool = False) -> str:
         """Run one hole through the model; ``prepare`` cuts the context with the backend's tokenizer.
 
-        Raises :class:`WorkCancelled` when ``ticket`` was cancelled first, :class:`NotReady`
+        Raises :class:`Cancelled` when ``ticket`` was cancelled first, :class:`NotReady`
         without a model. If the awaiting task is cancelled ($/cancelRequest), the ticket is
         cancelled too, which stops the engine between steps.
         """
@@ -190,7 +186,7 @@ class EngineWorker:
         q = self._queue
         for it in [it for it in q if it.ticket.cancelled]:
             self._remove(it)
-            self._settle(it, exc=WorkCancelled("cancelled before it ran"))
+            self._settle(it, exc=Cancelled("cancelled before it ran"))
         if not q:
             return []
         if q[0].kind == "load":
@@ -221,7 +217,7 @@ class EngineWorker:
             for it in items:
                 self._settle(it, exc=NotReady(self.error or "the model is not loaded yet"))
             return
-        jobs: list[InfillJob] = []
+        jobs: list[InfillRequest] = []
         live: list[_Item] = []
         for it in items:
             try:
@@ -244,11 +240,11 @@ class EngineWorker:
         if len(live) > 1:
             self.stats.bump("batched_calls")
         try:
-            texts = backend.infill_batch(jobs, cancel=cancel)
-        except BackendCancelled:
+            texts = [c.text for c in backend.infill_batch(jobs, cancel=cancel)]
+        except Cancelled:
             self.stats.bump("prefetch_cancelled" if live[0].kind == "prefetch" else "cancelled")
             for it in live:
-                self._settle(it, exc=WorkCancelled("stopped between denoising steps"))
+                self._settle(it, exc=Cancelled("stopped between denoising steps"))
             return
         except Exception as exc:  # noqa: BLE001 - report to every waiter, keep the worker alive
             log.exception("the model failed on a batch of %d", len(live))

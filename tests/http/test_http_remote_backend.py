@@ -119,20 +119,24 @@ def test_closing_a_stream_cancels_the_work(engine: Engine) -> None:
         assert hanging.cancelled.wait(T)
 
 
-def test_plugs_into_the_language_server_backend_seam(server: LiveServer, engine: Engine) -> None:
-    """lsp_server.backend.EngineBackend adapts anything with the engine's API: a RemoteBackend too."""
-    from lsp_server.backend import Backend, EngineBackend, InfillJob
+def test_engine_and_remote_are_the_same_backend(server: LiveServer, engine: Engine) -> None:
+    """The seam (diffusion_core.interface.Backend): the language server hands the same requests
+    to the local engine or a RemoteBackend and gets the same completions back."""
+    from diffusion_core.interface import Backend
 
-    jobs = [
-        InfillJob("def fibonacci(n: int) -> int:\n    return ", "\n", max_tokens=8, quality=0.5),
-        InfillJob("import ", "\n", max_tokens=6, quality=0.5, length="ensemble"),
+    requests = [
+        InfillRequest("def fibonacci(n: int) -> int:\n    return ", "\n", 8, SamplingOptions(quality=0.5)),
+        InfillRequest("import ", "\n", 6, SamplingOptions(quality=0.5, length="ensemble")),
     ]
-    local = EngineBackend(engine).infill_batch(jobs)
-    remote = EngineBackend(RemoteBackend(server.url))
+    local = engine.infill_batch(requests)
+    remote = RemoteBackend(server.url)
     try:
-        assert isinstance(remote, Backend)
+        assert isinstance(engine, Backend) and isinstance(remote, Backend)
         assert remote.model_id == engine.model_id
-        assert remote.infill_batch(jobs) == local
+        got = remote.infill_batch(requests)
+        assert [(c.text, c.tokens, c.stop_reason) for c in got] == [
+            (c.text, c.tokens, c.stop_reason) for c in local
+        ]
         assert remote.count_tokens("some text") > 0  # an estimate: no tokenizer on the client
     finally:
         remote.close()

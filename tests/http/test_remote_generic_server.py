@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from diffusion_core.interface import InfillRequest, SamplingOptions
-from lsp_server.backend import InfillJob, make_backend
+from lsp_server.backend import make_backend
 from lsp_server.remote import RemoteBackend
 
 STANDARD = {"model", "prompt", "suffix", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream"}
@@ -99,9 +99,9 @@ def test_the_language_server_backend_uses_a_generic_server() -> None:
         backend = make_backend(None, None, None, srv.url, None, None)
         try:
             assert backend.model_id == MODEL
-            (text,) = backend.infill_batch([InfillJob("x = compute(", ")\n", 16)], lambda: False)
+            (out,) = backend.infill_batch([InfillRequest("x = compute(", ")\n", 16)], lambda: False)
         finally:
             backend.close()
     finally:
         srv.close()
-    assert text == "<mpute(|)\n>"
+    assert out.text == "<mpute(|)\n>"

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 import pytest
 from lsprotocol import types
 
-from lsp_server.backend import BackendCancelled, InfillJob
+from diffusion_core.interface import Cancelled, Completion, InfillRequest
 from lsp_server.cache import CompletionCache, Shown, TypedThrough
 from lsp_server.completer import Completer
 from lsp_server.documents import DocumentStore
 from lsp_server.scheduler import Scheduler
 from lsp_server.settings import Settings
 from lsp_server.stats import Stats
-from lsp_server.worker import EngineWorker, LoadFailed, NotReady, Ticket, WorkCancelled
+from lsp_server.worker import EngineWorker, LoadFailed, NotReady, Ticket
 
 
 class FakeBackend:
@@ -26,7 +26,7 @@ class FakeBackend:
 
     def __init__(self, answer: str = "value = 1") -> None:
         self.answer = answer
-        self.calls: list[list[InfillJob]] = []
+        self.calls: list[list[InfillRequest]] = []
         self.hold = threading.Event()
         self.hold.set()
         self.started = threading.Event()
@@ -35,22 +35,22 @@ class FakeBackend:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def infill_batch(self, jobs: Sequence[InfillJob], cancel=None) -> list[str]:
+    def infill_batch(self, jobs: Sequence[InfillRequest], cancel=None) -> list[Completion]:
         self.calls.append(list(jobs))
         self.started.set()
         while not self.hold.wait(0.005):  # one "denoising step" per poll
             if cancel is not None and cancel():
-                raise BackendCancelled("cancelled")
+                raise Cancelled("cancelled")
         if cancel is not None and cancel():
-            raise BackendCancelled("cancelled")
-        return [self.answer for _ in jobs]
+            raise Cancelled("cancelled")
+        return [Completion(self.answer, 3, 1, 0.0, "eos") for _ in jobs]
 
     def close(self) -> None:
         self.closed = True
 
 
 def job(prefix: str = "x = ") -> object:
-    return lambda backend: InfillJob(prefix=prefix, suffix="")
+    return lambda backend: InfillRequest(prefix=prefix, suffix="")
 
 
 async def ready_worker(fake: FakeBackend) -> EngineWorker:
@@ -221,7 +221,7 @@ def test_cancelled_before_it_runs_never_reaches_the_engine():
         t.cancel()
         fake.hold.set()
         await first
-        with pytest.raises(WorkCancelled):
+        with pytest.raises(Cancelled):
             await queued
         assert len(fake.calls) == 1
         w.stop()

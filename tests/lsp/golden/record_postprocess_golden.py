@@ -36,7 +36,8 @@ def main() -> int:
         got = postprocess(case["raw"], ctx)
         if got != case.get("expected"):
             print(
-                f"--- {case['name']}: raw {case['raw']!r}\n    postprocess {got!r}\n    expected {case.get('expected')!r}"
+                f"--- {case['name']}: raw {case['raw']!r}\n"
+                f"    postprocess {got!r}\n    expected {case.get('expected')!r}"
             )
     cases["model"] = engine.model_id
     HERE.write_text(json.dumps(cases, indent=1, ensure_ascii=False) + "\n")
