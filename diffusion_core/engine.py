@@ -20,7 +20,15 @@ from .checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from .coder.prefix_cache import PrefixCache
 from .expand_sampler import expand_sample
 from .families import FamilySpec
-from .interface import CancelCheck, Cancelled, Completion, InfillRequest, SamplingOptions
+from .interface import (
+    CancelCheck,
+    Cancelled,
+    Completion,
+    InfillRequest,
+    SamplingOptions,
+    cut_prefix,
+    cut_suffix,
+)
 from .length import predict_lengths, resolve_length
 from .model import RowAdapter
 from .sampler import Canvas, SampleOutput, sample_batch
@@ -266,10 +274,13 @@ class Engine:
     def fit_context(
         self, prefix: str, suffix: str, prefix_tokens: int | None = None, suffix_tokens: int | None = None
     ) -> tuple[list[int], list[int]]:
-        """Token ids of the prefix and suffix, cut to their budgets from the cursor outwards."""
+        """Token ids of the prefix and suffix, cut to their budgets from the cursor outwards at
+        line boundaries (``interface.cut_prefix``/``cut_suffix``, as the language server cuts)."""
         pb = self.max_prefix_tokens if prefix_tokens is None else prefix_tokens
         sb = self.max_suffix_tokens if suffix_tokens is None else suffix_tokens
-        return self.tokenizer.encode_prefix(prefix, pb), self.tokenizer.encode_suffix(suffix, sb)
+        prefix = cut_prefix(prefix, pb, self.count_tokens)
+        suffix = cut_suffix(suffix, sb, self.count_tokens)
+        return self.tokenizer.encode(prefix), self.tokenizer.encode(suffix)
 
     # ----------------------------------------------------------------------------- infill
     def infill(

@@ -10,6 +10,7 @@ pay for importing torch, yet it speaks the engine's API: :class:`Backend` (imple
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -20,11 +21,14 @@ __all__ = [
     "Backend",
     "CONFIDENCE_KINDS",
     "LENGTH_POLICIES",
+    "ANCHOR_CHARS",
     "CancelCheck",
     "Cancelled",
     "Completion",
     "InfillRequest",
     "SamplingOptions",
+    "cut_prefix",
+    "cut_suffix",
     "load_reporter",
     "reporting",
 ]
@@ -169,3 +173,95 @@ class Backend(Protocol):
     def close(self) -> None:
         """Let go of the model (or the connections); the backend is not used afterwards."""
         ...
+
+
+# ------------------------------------------------------------------------------ context budget
+# The one place a context is cut to a token budget: the language server cuts with the backend's
+# token counter before a request leaves it, the engine cuts every request it is handed (HTTP,
+# library) with its tokenizer, the remote backend with its estimate; all by these two functions,
+# so local and remote backends see the same context for the same document.
+_EOL = re.compile(r"\r\n|\r|\n")
+_MAX_CHARS_PER_TOKEN = 16  # no real text averages more; a longer text is first cut by characters
+
+
+def _line_starts(text: str) -> list[int]:
+    return [0] + [m.end() for m in _EOL.finditer(text) if m.end() < len(text)]
+
+
+ANCHOR_CHARS = 160  # how much of the kept prefix's start identifies it for the next request
+REFILL = 0.75  # a fresh cut keeps this share of the budget, leaving room to type before the next
+
+
+def cut_prefix(text: str, budget: int, count: Callable[[str], int], anchor: str | None = None) -> str:
+    """The longest end of ``text`` within ``budget`` tokens, starting at a line start if possible.
+
+    ``anchor`` (the start of the previous request's cut, see :data:`ANCHOR_CHARS`) keeps the cut
+    where it was while the text from there still fits: typing at the cursor then leaves every
+    token before the cursor unchanged, so the engine reuses their K/V. When the text outgrows the
+    budget the cut is made afresh at :data:`REFILL` of it, so it then stays put for a while."""
+    if budget <= 0 or not text:
+        return ""
+    reach = budget * _MAX_CHARS_PER_TOKEN
+    if len(text) > reach:  # a huge document: never count more than can possibly fit
+        at = _EOL.search(text, len(text) - reach)
+        text = text[at.end() :] if at is not None and at.end() < len(text) else text[-reach:]
+    if anchor:
+        at = text.rfind(anchor)
+        if at == 0 or (at > 0 and text[at - 1] in "\r\n"):
+            kept = text[at:]
+            if count(kept) <= budget:
+                return kept
+    if count(text) <= budget:
+        return text
+    if anchor is not None:
+        budget = max(1, int(budget * REFILL))
+    starts = _line_starts(text)
+    lo, hi = 1, len(starts)  # find the first start index whose rest fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(text[starts[mid] :]) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo < len(starts):
+        return text[starts[lo] :]
+    # even the cursor's own line is too long: cut it by characters
+    line = text[starts[-1] :]
+    lo, hi = 0, len(line)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if count(line[mid:]) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return line[lo:]
+
+
+def cut_suffix(text: str, budget: int, count: Callable[[str], int]) -> str:
+    """The longest start of ``text`` within ``budget`` tokens, ending at a line end if possible."""
+    if budget <= 0 or not text:
+        return ""
+    reach = budget * _MAX_CHARS_PER_TOKEN
+    if len(text) > reach:
+        ends = [m.end() for m in _EOL.finditer(text, 0, reach)]
+        text = text[: ends[-1]] if ends else text[:reach]
+    if count(text) <= budget:
+        return text
+    ends = [m.end() for m in _EOL.finditer(text)]
+    lo, hi = 0, len(ends)  # number of whole lines that fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(text[: ends[mid - 1]]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo > 0:
+        return text[: ends[lo - 1]]
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(text[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]

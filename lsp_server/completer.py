@@ -15,10 +15,17 @@ from dataclasses import dataclass
 
 from lsprotocol import types
 
-from diffusion_core.interface import Backend, InfillRequest, SamplingOptions
+from diffusion_core.interface import (
+    ANCHOR_CHARS,
+    Backend,
+    InfillRequest,
+    SamplingOptions,
+    cut_prefix,
+    cut_suffix,
+)
 
 from .cache import CompletionCache, Shown, TypedThrough, cache_key
-from .context import ANCHOR_CHARS, Context, RingBuffer, after_accepting, build_context, cut_prefix, cut_suffix
+from .context import Context, RingBuffer, after_accepting, build_context
 from .documents import DocumentStore
 from .postprocess import postprocess
 from .scheduler import Scheduler

@@ -4,10 +4,11 @@ Two steps, so that the cheap one can key the cache:
 
 1. on the event loop, character windows: the prefix tail and suffix head, line-aligned, at most
    ``CHARS_PER_TOKEN`` characters per budget token (generous: it is the token cut that binds);
-2. in the engine worker, :func:`cut_prefix` / :func:`cut_suffix` trim those windows to the token
-   budgets with the backend's tokenizer, keeping whole lines where they fit, so the model never
-   sees half a line at the far end and the engine's own cut (from the cursor outwards) rarely
-   has anything left to do.
+2. in the engine worker, ``diffusion_core.interface.cut_prefix`` / ``cut_suffix`` (the one
+   context-budget function, which the engine and the remote backend use too) trim those windows
+   to the token budgets with the backend's token counter, keeping whole lines where they fit, so
+   the model never sees half a line at the far end and the engine's own cut of the same text
+   with the same function has nothing left to do.
 
 Optionally, snippets of other open or recently edited files of the same language go before the
 prefix within their own token budget (a ring buffer of chunks, as llama.vscode does), because
@@ -20,7 +21,6 @@ import hashlib
 import re
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from lsprotocol import types
@@ -35,8 +35,6 @@ __all__ = [
     "RingBuffer",
     "after_accepting",
     "build_context",
-    "cut_prefix",
-    "cut_suffix",
     "prefix_window",
     "suffix_window",
 ]
@@ -107,81 +105,6 @@ def suffix_window(head: str, limit: int) -> str:
     head = head[:limit]
     ends = [m.end() for m in _EOL.finditer(head)]
     return head[: ends[-1]] if ends else head
-
-
-def _line_starts(text: str) -> list[int]:
-    return [0] + [m.end() for m in _EOL.finditer(text) if m.end() < len(text)]
-
-
-ANCHOR_CHARS = 160  # how much of the kept prefix's start identifies it for the next request
-REFILL = 0.75  # a fresh cut keeps this share of the budget, leaving room to type before the next
-
-
-def cut_prefix(text: str, budget: int, count: Callable[[str], int], anchor: str | None = None) -> str:
-    """The longest end of ``text`` within ``budget`` tokens, starting at a line start if possible.
-
-    ``anchor`` (the start of the previous request's cut, see :data:`ANCHOR_CHARS`) keeps the cut
-    where it was while the text from there still fits: typing at the cursor then leaves every
-    token before the cursor unchanged, so the engine reuses their K/V. When the text outgrows the
-    budget the cut is made afresh at :data:`REFILL` of it, so it then stays put for a while."""
-    if budget <= 0 or not text:
-        return ""
-    if anchor:
-        at = text.rfind(anchor)
-        if at == 0 or (at > 0 and text[at - 1] in "\r\n"):
-            kept = text[at:]
-            if count(kept) <= budget:
-                return kept
-    if count(text) <= budget:
-        return text
-    if anchor is not None:
-        budget = max(1, int(budget * REFILL))
-    starts = _line_starts(text)
-    lo, hi = 1, len(starts)  # find the first start index whose rest fits
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if count(text[starts[mid] :]) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    if lo < len(starts):
-        return text[starts[lo] :]
-    # even the cursor's own line is too long: cut it by characters
-    line = text[starts[-1] :]
-    lo, hi = 0, len(line)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if count(line[mid:]) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    return line[lo:]
-
-
-def cut_suffix(text: str, budget: int, count: Callable[[str], int]) -> str:
-    """The longest start of ``text`` within ``budget`` tokens, ending at a line end if possible."""
-    if budget <= 0 or not text:
-        return ""
-    if count(text) <= budget:
-        return text
-    ends = [m.end() for m in _EOL.finditer(text)]
-    lo, hi = 0, len(ends)  # number of whole lines that fit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(text[: ends[mid - 1]]) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    if lo > 0:
-        return text[: ends[lo - 1]]
-    lo, hi = 0, len(text)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(text[:mid]) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[:lo]
 
 
 # --------------------------------------------------------------------------------- ring buffer

@@ -24,7 +24,15 @@ from typing import Any
 
 import httpx
 
-from diffusion_core.interface import CancelCheck, Cancelled, Completion, InfillRequest, SamplingOptions
+from diffusion_core.interface import (
+    CancelCheck,
+    Cancelled,
+    Completion,
+    InfillRequest,
+    SamplingOptions,
+    cut_prefix,
+    cut_suffix,
+)
 
 __all__ = ["RemoteBackend", "RemoteError"]
 
@@ -59,22 +67,24 @@ class RemoteBackend:
         timeout: float = 30.0,
         connect_retries: int = 1,
         send_extensions: bool = True,
-        max_prefix_chars: int = 64_000,
-        max_suffix_chars: int = 16_000,
+        max_prefix_tokens: int = 65_536,
+        max_suffix_tokens: int = 32_768,
     ) -> None:
         """``model``: the id to ask for (default: the first one the server lists).
         ``send_extensions``: also send Diffill's ``quality`` and ``length`` fields (turn
         off for servers that reject unknown fields).
-        The character caps keep request bodies under servers' size limits; the server cuts the
-        context to its own token budget anyway."""
+        The token budgets (counted with :meth:`count_tokens`' estimate) cut the context the way
+        the engine cuts it, at line boundaries, to keep request bodies bounded; they are the
+        language server's largest settings, so its own cut (same function, same counter) is never
+        undone here. The server may cut further to its own budget."""
         self.url = _base_url(url)
         self.api_key = api_key
         self._model = model
         self.timeout = timeout
         self.connect_retries = connect_retries
         self.send_extensions = send_extensions
-        self.max_prefix_chars = max_prefix_chars
-        self.max_suffix_chars = max_suffix_chars
+        self.max_prefix_tokens = max_prefix_tokens
+        self.max_suffix_tokens = max_suffix_tokens
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -234,8 +244,8 @@ class RemoteBackend:
         return self._request("GET", path if absolute else self.url + path)
 
     def _body(self, model: str, r: InfillRequest) -> dict[str, Any]:
-        prefix = r.prefix[-self.max_prefix_chars :] if self.max_prefix_chars > 0 else r.prefix
-        suffix = r.suffix[: self.max_suffix_chars] if self.max_suffix_chars > 0 else r.suffix
+        prefix = cut_prefix(r.prefix, self.max_prefix_tokens, self.count_tokens)
+        suffix = cut_suffix(r.suffix, self.max_suffix_tokens, self.count_tokens)
         body: dict[str, Any] = {
             "model": model,
             "prompt": prefix,

@@ -9,12 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lsprotocol import types
 
+from diffusion_core.interface import cut_prefix, cut_suffix
 from lsp_server.context import (
     RingBuffer,
     after_accepting,
     build_context,
-    cut_prefix,
-    cut_suffix,
     prefix_window,
     suffix_window,
 )
@@ -100,7 +99,7 @@ def test_language_server_package_imports_no_torch():
 def test_an_anchored_prefix_cut_stays_put_while_typing():
     """Typing at the cursor must not move the far end of the prefix at every line (that would
     change every token's position and throw away the engine's context K/V)."""
-    from lsp_server.context import ANCHOR_CHARS, cut_prefix
+    from diffusion_core.interface import ANCHOR_CHARS
 
     count = lambda t: len(t.split())  # noqa: E731 - a word is a token here
     text = "".join(f"value_{i} = compute({i}, a, b)\n" for i in range(200))
