@@ -122,7 +122,7 @@ class Cell:
 # ------------------------------------------------------------------------------------ models
 def _random_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Transformer:
     """Parameters created directly on the device in the target dtype (a 7B model in fp32 on the
-    host would need 30 GB and minutes of init)."""
+    host would need 30 GB and minutes of init); the same weights on every run (seed 0)."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -130,36 +130,38 @@ def _random_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) ->
             model = Transformer(ModelConfig(**cfg.to_dict()))
     finally:
         torch.set_default_dtype(old)
+    gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
             else:
-                p.normal_(0.0, 0.02)
+                p.normal_(0.0, 0.02, generator=gen)
     return model.eval()
 
 
-_CODER_PARTS: dict[int, tuple] = {}
-
-
 def _coder_parts(model: Transformer) -> tuple:
-    """A rank-16 adapter (random, non-zero) and a FIM family for ``model`` (built once)."""
-    if id(model) not in _CODER_PARTS:
+    """A rank-16 adapter (random, non-zero, seed 1) and a FIM family for ``model`` (built once,
+    kept on the model: an id-keyed table could hand a later model a dead one's adapter)."""
+    parts = getattr(model, "_bench_coder_parts", None)
+    if parts is None:
         from diffusion_core.coder.adapter import Adapter, AdapterConfig
 
         v = model.cfg.vocab_size
         p = model.head_weight
         ad = Adapter(model.cfg, AdapterConfig(rank=16, alpha=32.0, mask_id=v - 1))
         ad = ad.to(device=p.device, dtype=torch.float32 if p.device.type == "cpu" else p.dtype)
+        gen = torch.Generator(device=p.device).manual_seed(1)
         with torch.no_grad():
             for t in ad.parameters():
-                t.normal_(0.0, 0.02)
+                t.normal_(0.0, 0.02, generator=gen)
         fam = FamilySpec(
             name="bench-coder", shifted=True, mask_id=v - 1, eos_ids=(v - 2,), pad_id=v - 3,
             fim_ids=(v - 4, v - 5, v - 6), special_ids=frozenset(range(v - 8, v)),
         )  # fmt: skip
-        _CODER_PARTS[id(model)] = (ad.eval(), fam)
-    return _CODER_PARTS[id(model)]
+        parts = (ad.eval(), fam)
+        model._bench_coder_parts = parts
+    return parts
 
 
 def _family(cfg: ModelConfig) -> FamilySpec:
