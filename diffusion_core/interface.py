@@ -21,6 +21,8 @@ __all__ = [
     "Backend",
     "CONFIDENCE_KINDS",
     "LENGTH_POLICIES",
+    "OptionError",
+    "QUALITY_RANGE",
     "ANCHOR_CHARS",
     "CancelCheck",
     "Cancelled",
@@ -43,6 +45,8 @@ CONFIDENCE_KINDS = ("maxprob", "entropy", "margin")
 #   was trained for length prediction, else "fixed".
 LENGTH_POLICIES = ("auto", "fixed", "predict", "ensemble", "expand")
 DECODERS = ("diffusion", "ar")
+QUALITY_RANGE = (0.0, 1.0)
+MAX_TEMPERATURE = 2.0  # as the OpenAI API allows
 
 
 # asked between steps (and while waiting on a remote server): True means stop and raise Cancelled
@@ -66,6 +70,14 @@ def reporting(report: Callable[[str], None] | None) -> Iterator[None]:
 
 def load_reporter() -> Callable[[str], None] | None:
     return _load_reporter.get()
+
+
+class OptionError(ValueError):
+    """A sampling option out of range; ``field`` names it (the HTTP error's ``param``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Cancelled(Exception):
@@ -98,26 +110,29 @@ class SamplingOptions:
     lookup: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.quality <= 1.0:
-            raise ValueError("quality must be in [0, 1]")
-        if self.block_size < 1:
-            raise ValueError("block_size must be >= 1")
-        if self.length not in LENGTH_POLICIES:
-            raise ValueError(f"length must be one of {LENGTH_POLICIES}")
-        if self.confidence not in CONFIDENCE_KINDS:
-            raise ValueError(f"confidence must be one of {CONFIDENCE_KINDS}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
-        if self.cache not in ("dual", "none"):
-            raise ValueError("cache must be 'dual' or 'none'")
-        if self.steps_per_block is not None and self.steps_per_block < 1:
-            raise ValueError("steps_per_block must be >= 1")
-        if self.initial_masks < 1:
-            raise ValueError("initial_masks must be >= 1")
-        if self.refresh_every < 0:
-            raise ValueError("refresh_every must be >= 0")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}")
+        """The one validation of sampling options: the language server's settings, the HTTP
+        server and library callers all get these messages (the HTTP error names ``field``)."""
+        one_of = lambda names: f"must be one of {', '.join(names)}"  # noqa: E731
+        checks = (
+            ("quality", QUALITY_RANGE[0] <= self.quality <= QUALITY_RANGE[1], "must be between 0 and 1"),
+            ("block_size", self.block_size >= 1, "must be >= 1"),
+            ("length", self.length in LENGTH_POLICIES, one_of(LENGTH_POLICIES)),
+            (
+                "confidence",
+                self.confidence in CONFIDENCE_KINDS,
+                one_of(CONFIDENCE_KINDS),
+            ),
+            ("temperature", 0.0 <= self.temperature <= MAX_TEMPERATURE, "must be between 0 and 2"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("cache", self.cache in ("dual", "none"), "must be 'dual' or 'none'"),
+            ("steps_per_block", self.steps_per_block is None or self.steps_per_block >= 1, "must be >= 1"),
+            ("initial_masks", self.initial_masks >= 1, "must be >= 1"),
+            ("refresh_every", self.refresh_every >= 0, "must be >= 0"),
+            ("decoder", self.decoder in DECODERS, one_of(DECODERS)),
+        )
+        for name, ok, why in checks:
+            if not ok:
+                raise OptionError(name, f"{name} {why}")
 
     @property
     def tau(self) -> float:

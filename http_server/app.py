@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from diffusion_core.batcher import Batcher, BatcherClosed, Cancelled, Overloaded
 from diffusion_core.engine import Completion, InfillRequest, SamplingOptions
-from diffusion_core.interface import LENGTH_POLICIES
+from diffusion_core.interface import OptionError
 from diffusion_core.length import resolve_length
 
 from .chat import ChatTemplate, ChatTemplateError
@@ -266,24 +266,17 @@ class _Api:
         quality: float | None = None,
         length: str | None = None,
     ) -> SamplingOptions:
-        """Validated sampling options (one place for every endpoint's fields)."""
+        """Sampling options from a request's fields, validated by ``SamplingOptions`` itself
+        (the one schema, shared with the language server's settings and the library)."""
         temperature = 0.0 if temperature is None else temperature
         top_p = 1.0 if top_p is None else top_p
-        if not 0.0 <= temperature <= 2.0:
-            raise ApiError(400, "temperature must be between 0 and 2.", param="temperature")
-        if not 0.0 < top_p <= 1.0:
-            raise ApiError(400, "top_p must be in (0, 1].", param="top_p")
         changes: dict[str, Any] = {"temperature": temperature, "top_p": top_p}
         if temperature > 0:
             # without a seed each request samples afresh, as OpenAI's API does
             changes["seed"] = seed if seed is not None else random.getrandbits(31)
         if quality is not None:
-            if not 0.0 <= quality <= 1.0:
-                raise ApiError(400, "quality must be between 0 and 1.", param="quality")
             changes["quality"] = quality
         if length is not None:
-            if length not in LENGTH_POLICIES:
-                raise ApiError(400, f"length must be one of {', '.join(LENGTH_POLICIES)}.", param="length")
             changes["length"] = length
         try:
             opts = dataclasses.replace(self.engine.default_options, **changes)
@@ -291,6 +284,8 @@ class _Api:
             if family is not None:
                 resolve_length(opts, family)  # e.g. "expand" on a model without an expand token
             return opts
+        except OptionError as exc:
+            raise ApiError(400, f"{exc}.", param=exc.field) from None
         except (ValueError, TypeError) as exc:
             raise ApiError(400, f"Invalid sampling options: {exc}") from None
 

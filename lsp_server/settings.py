@@ -69,6 +69,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from diffusion_core.interface import LENGTH_POLICIES, QUALITY_RANGE, SamplingOptions
+
+_DEFAULT = SamplingOptions()
+
 __all__ = ["SECTION", "Settings", "check_backend_url", "is_for_us", "merge_settings", "unwrap_section"]
 
 SECTION = "diffill"
@@ -89,8 +93,11 @@ class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
     suffix_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 256
     extra_context_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 0
     debounce_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 60
-    quality: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.7
-    length: Literal["auto", "fixed", "predict", "ensemble", "expand"] = "auto"
+    # the ranges are SamplingOptions' own (diffusion_core/interface.py): one schema
+    quality: Annotated[float, msgspec.Meta(ge=QUALITY_RANGE[0], le=QUALITY_RANGE[1])] = (
+        SamplingOptions.quality
+    )
+    length: Literal[LENGTH_POLICIES] = "auto"
     languages: list[str] = msgspec.field(default_factory=lambda: ["*"])
     cache_size: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 512
     cache_ttl_s: Annotated[float, msgspec.Meta(ge=0.0, le=86400.0)] = 600.0
