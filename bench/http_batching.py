@@ -162,7 +162,8 @@ def main() -> int:
     elif (tiny_model_dir() / "config.json").is_file():
         model_dir, model_kind = tiny_model_dir(), "tiny (1.3M)"
     else:
-        from diffusion_core.testing import make_tiny_model_dir
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from model_fixtures import make_tiny_model_dir
 
         tmp = tempfile.TemporaryDirectory()
         model_dir = make_tiny_model_dir(Path(tmp.name) / "tiny")

@@ -219,7 +219,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from diffusion_core.testing import make_tiny_model_dir
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from model_fixtures import make_tiny_model_dir
 
             model = make_tiny_model_dir(Path(tmp) / "tiny")
         res = asyncio.run(run(model, args.misses, args.hits_per_miss))
@@ -229,7 +230,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-    res["model"] = str(args.model) if args.model else "tiny random-weight test model (diffusion_core.testing)"
+    res["model"] = str(args.model) if args.model else "tiny random-weight model (tests/model_fixtures.py)"
     p50 = lambda k: res[k].get("p50_ms", float("nan"))
     res["markdown"] = (
         f"| LSP stdio latency p50 ({res['model_id']}, {res['machine']['cpus']} CPUs) | "

@@ -116,8 +116,8 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=500)
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "lsp_soak.json"))
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO))
-    from diffusion_core.testing import make_tiny_model_dir
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    from model_fixtures import make_tiny_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         model = make_tiny_model_dir(Path(tmp) / "tiny")

@@ -55,7 +55,7 @@ command -v node >/dev/null || die "node is not installed (Node.js 20.19+ is need
 command -v npm >/dev/null || die "npm is not installed"
 node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' ||
     die "Node.js $(node --version) is too old: the extension's toolchain needs 20.19+"
-(cd "$ROOT" && "$PYTHON" -c 'import lsp_server.server, diffusion_core.testing') ||
+(cd "$ROOT" && "$PYTHON" -c 'import lsp_server.server, diffusion_core.engine') ||
     die "the project's Python packages do not import with $PYTHON (install its dependencies first)"
 
 step "Debian packages (chromium, ripgrep, code-server build deps)"

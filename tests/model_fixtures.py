@@ -17,10 +17,10 @@ from tokenizers import AddedToken, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
 from tokenizers.models import BPE
 
-from .checkpoint import save_pretrained
-from .families import make_spec
-from .model import ModelConfig, Transformer
-from .tokenizer import Tokenizer, configure_qwen2_pipeline
+from diffusion_core.checkpoint import save_pretrained
+from diffusion_core.families import make_spec
+from diffusion_core.model import ModelConfig, Transformer
+from diffusion_core.tokenizer import Tokenizer, configure_qwen2_pipeline
 
 MASK_TOKEN = "<|mask|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -223,7 +223,7 @@ def _piece_rows(name: str, mc: ModelConfig) -> int:
 
 def export_tensors(model: Transformer, layout: str) -> dict[str, torch.Tensor]:
     """``model``'s weights under a layout's tensor names (fused parameters split back apart)."""
-    from .checkpoint import LAYOUTS
+    from diffusion_core.checkpoint import LAYOUTS
 
     params = dict(model.named_parameters())
     out: dict[str, torch.Tensor] = {}
@@ -398,7 +398,7 @@ def make_family_dir(
     dream_like = kind in ("dream", "dreamon", "diffucoder-instruct")
     use_json = (not dream_like) if tokenizer_json is None else tokenizer_json
     if use_json:
-        from .tokenizer import qwen2_style_backend
+        from diffusion_core.tokenizer import qwen2_style_backend
 
         backend = qwen2_style_backend(vocab, merges)
         backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in tokens])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import BEGIN_TOKEN, EOS_TOKEN, MASK_TOKEN, make_tiny_model_dir
 from safetensors.torch import load_file, save_file
 
 from diffusion_core.checkpoint import CheckpointError, load_checkpoint, save_pretrained
-from diffusion_core.testing import BEGIN_TOKEN, EOS_TOKEN, MASK_TOKEN, make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -291,8 +291,9 @@ def test_a_config_with_absurd_layer_count_is_refused_at_once(tmp_path: Path) -> 
     import json
     import time
 
+    from model_fixtures import make_tiny_model_dir
+
     from diffusion_core.checkpoint import CheckpointError, inspect_checkpoint, load_checkpoint
-    from diffusion_core.testing import make_tiny_model_dir
 
     d = make_tiny_model_dir(tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from model_fixtures import make_tiny_model_dir
 
 from diffill.commands.complete import split_at
 from diffusion_core.engine import Cancelled, Engine, InfillRequest
 from diffusion_core.sampler import SamplingOptions
-from diffusion_core.testing import make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

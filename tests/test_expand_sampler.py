@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import make_family_dir
 
 from diffusion_core.engine import Engine, SamplingOptions
 from diffusion_core.expand_sampler import expand_sample
 from diffusion_core.families import make_spec
 from diffusion_core.sampler import Canvas, sample_batch
-from diffusion_core.testing import make_family_dir
 
 VOCAB, MASK, EOS, EXPAND, BOS = 64, 60, 61, 62, 63
 FAMILY = make_spec(

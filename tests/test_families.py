@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import FAMILY_TOKENS, make_family_dir
 from safetensors.torch import load_file, save_file
 
 from diffusion_core.checkpoint import (
@@ -19,7 +20,6 @@ from diffusion_core.checkpoint import (
     load_checkpoint,
     load_model,
 )
-from diffusion_core.testing import FAMILY_TOKENS, make_family_dir
 
 transformers = pytest.importorskip("transformers")
 

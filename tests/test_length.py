@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import make_tiny_model_dir
 from test_sampler import EOS, MASK, VOCAB, PositionOracle, family
 
 from diffusion_core.checkpoint import CheckpointError, load_checkpoint
@@ -17,7 +18,6 @@ from diffusion_core.engine import Engine
 from diffusion_core.families import FamilySpec
 from diffusion_core.length import end_probabilities, predict_lengths, resolve_length
 from diffusion_core.sampler import Canvas, SamplingOptions, sample_batch
-from diffusion_core.testing import make_tiny_model_dir
 
 
 def end_oracle(p_end_at: dict[int, float], size: int = 64) -> PositionOracle:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model_fixtures import BEGIN_TOKEN, CODE_SAMPLE, EOS_TOKEN, MASK_TOKEN, tiny_tokenizer
 
-from diffusion_core.testing import BEGIN_TOKEN, CODE_SAMPLE, EOS_TOKEN, MASK_TOKEN, tiny_tokenizer
 from diffusion_core.tokenizer import Tokenizer
 
 TOK = tiny_tokenizer()
@@ -186,7 +186,7 @@ def _repo_code() -> list[str]:
 
 @pytest.fixture(scope="module")
 def dream_tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusion_core.testing import make_family_dir
+    from model_fixtures import make_family_dir
 
     return make_family_dir(tmp_path_factory.mktemp("tok") / "dream", "dream")[0]
 

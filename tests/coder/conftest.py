@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_fixtures import _train_bpe, export_tensors, random_model
 from safetensors.torch import save_file
 from tokenizers import AddedToken
 
 from diffusion_core.coder.adapter import Adapter, AdapterConfig, save_adapter
 from diffusion_core.coder.load import CODER_MODEL_TYPE, SHAPE_KEYS
 from diffusion_core.model import ModelConfig, Transformer
-from diffusion_core.testing import _train_bpe, export_tensors, random_model
 from diffusion_core.tokenizer import qwen2_style_backend
 
 # Qwen2.5's control tokens, in its id order (a subset: the ones the coder family reads)

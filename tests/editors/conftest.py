@@ -63,6 +63,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight model in the project's format (or DIFFILL_TEST_MODEL when given)."""
     if os.environ.get("DIFFILL_TEST_MODEL"):
         return Path(os.environ["DIFFILL_TEST_MODEL"])
-    from diffusion_core.testing import make_tiny_model_dir
+    from model_fixtures import make_tiny_model_dir
 
     return make_tiny_model_dir(tmp_path_factory.mktemp("editors-model") / "tiny")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from http_live import CHAT_TEMPLATE, LiveServer
+from model_fixtures import make_tiny_model_dir
 
 from diffusion_core.engine import Engine
-from diffusion_core.testing import make_tiny_model_dir
 
 
 @pytest.fixture(scope="session")

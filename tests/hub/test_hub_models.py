@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from fake_hub import FakeHub, FakeRepo
-
-from diffusion_core.testing import make_tiny_model_dir
+from model_fixtures import make_tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
 ID = "test-org/tiny-diffill"

@@ -26,7 +26,7 @@ TIMEOUT = 60.0
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusion_core.testing import make_tiny_model_dir
+    from model_fixtures import make_tiny_model_dir
 
     return make_tiny_model_dir(tmp_path_factory.mktemp("lsp-model") / "tiny")
 

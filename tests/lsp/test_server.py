@@ -201,7 +201,7 @@ def test_bad_settings_are_reported_per_field_and_good_ones_apply(lsp: LspSession
 
 
 def test_model_path_change_reloads(lsp: LspSession, tmp_path: Path, tiny_model: Path):
-    from diffusion_core.testing import make_tiny_model_dir
+    from model_fixtures import make_tiny_model_dir
 
     other = make_tiny_model_dir(tmp_path / "other", model_id="diffill-tiny-b", seed=1)
     try:

@@ -3,7 +3,7 @@
 //   DIFFILL_PYTHON      interpreter with the project's dependencies (default: python3)
 //   DIFFILL_REPO        checkout whose packages the server runs (default: this repository)
 //   DIFFILL_TEST_MODEL  model directory (default: a tiny random-weight model made once per run by
-//                       diffusion_core.testing.make_tiny_model_dir)
+//                       tests/model_fixtures.py's make_tiny_model_dir)
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
 import path from 'node:path';
@@ -42,7 +42,7 @@ export function prepareModel() {
     const dir = path.join(scratchDir('model'), 'tiny');
     const made = spawnSync(
         python,
-        ['-c', 'import sys; from diffusion_core.testing import make_tiny_model_dir; make_tiny_model_dir(sys.argv[1])', dir],
+        ['-c', 'import sys; sys.path.insert(0, sys.argv[2]); from model_fixtures import make_tiny_model_dir; make_tiny_model_dir(sys.argv[1])', dir, path.join(repoRoot, 'tests')],
         { env: serverEnv(), encoding: 'utf8', timeout: 300000 },
     );
     if (made.status !== 0) {
