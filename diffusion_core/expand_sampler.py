@@ -17,12 +17,23 @@ starts from a few masks and lets the model resize the middle as it goes:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
 from .families import FamilySpec
 from .interface import Cancelled, SamplingOptions
-from .sampler import CancelCheck, Canvas, SampleOutput, _banned, _generator, _head, _score
+from .sampler import (
+    CancelCheck,
+    Canvas,
+    SampleOutput,
+    _banned,
+    _generator,
+    _head,
+    _score,
+    commit_counts,
+    top_k_mask,
+)
 
 
 @torch.inference_mode()
@@ -45,6 +56,7 @@ def expand_sample(
     banned = [t for t in _banned(family) if t != family.expand_id]
     end_ids = set(family.eos_ids) | {family.pad_id}
     gen = _generator(opts, device)
+    uncapped = replace(opts, steps_per_block=None)  # every confident position, at least one
     # DreamOn's own bound: every position resolved at most once, each expansion at most once
     max_steps = 4 * limit + 4
     steps, logconf, count, deleted = 0, 0.0, 0, False
@@ -60,8 +72,10 @@ def expand_sample(
         if len(middle) >= limit:
             logits[:, family.expand_id] = float("-inf")
         tok, conf = _score(logits, opts, gen)
-        above = int((conf >= opts.tau).sum())
-        order = sorted(range(len(pos)), key=lambda i: -float(conf[i]))[: max(1, above)]
+        # the commit rule with no step cap (the canvas changes length: steps are capped above)
+        n = torch.tensor([len(pos)], device=device)
+        k = commit_counts(conf[None], n, n, uncapped)
+        order = top_k_mask(conf[None], k)[0].nonzero().flatten().tolist()
         for i in order:
             middle[pos[i]] = int(tok[i])
             logconf += math.log(max(float(conf[i]), 1e-30))

@@ -143,9 +143,10 @@ def reference_sample(
             logits = model.logits(h[0, [m0 + j - shift for j in pos]])
             logits[:, banned] = float("-inf")
             tok, conf = _score(logits, opts, gen)
-            k = _commit_count(conf, len(pos), cap - step, opts)
-            order = sorted(range(len(pos)), key=lambda i: -float(conf[i]))[:k]
-            for i in order:
+            n_pos = torch.tensor([len(pos)], device=device)
+            k = commit_counts(conf[None], n_pos, torch.tensor([cap - step], device=device), opts)
+            chosen = top_k_mask(conf[None], k)[0]
+            for i in chosen.nonzero().flatten().tolist():
                 j = pos[i]
                 x[0, m0 + j] = tok[i]
                 masked[j] = False
@@ -162,13 +163,27 @@ def reference_sample(
     return _finish(family, final[m0 : m0 + n], steps, logconf / max(count, 1), final)
 
 
-def _commit_count(conf: torch.Tensor, n_masked: int, steps_left: int, opts: SamplingOptions) -> int:
-    """How many positions one row commits this step (Fast-dLLM rule, bounded by the step cap)."""
-    needed = math.ceil(n_masked / max(steps_left, 1))
-    if opts.steps_per_block is not None:
-        return min(n_masked, max(1, needed))
-    above = int((conf >= opts.tau).sum())
-    return min(n_masked, max(1, above, needed))
+def commit_counts(
+    conf: torch.Tensor, n_masked: torch.Tensor, steps_left: torch.Tensor, opts: SamplingOptions
+) -> torch.Tensor:
+    """The one commit rule (Fast-dLLM's, bounded by the step cap): how many masked positions each
+    row commits this step. ``conf`` [R, W] holds the confidences of the masked positions (anything
+    below 0 elsewhere); every confident one (``>= tau``), at least one, and at least enough that
+    the block finishes within ``steps_left`` forwards. A fixed ``steps_per_block`` ignores tau."""
+    steps_left = steps_left.clamp_min(1)
+    needed = (n_masked + steps_left - 1) // steps_left
+    k = torch.maximum(needed, torch.ones_like(needed))
+    if opts.steps_per_block is None:
+        k = torch.maximum(k, (conf >= opts.tau).sum(-1))
+    return torch.minimum(k, n_masked)
+
+
+def top_k_mask(conf: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """True at each row's ``k`` most confident positions (ties: the leftmost first)."""
+    order = conf.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=conf.device).expand_as(order))
+    return rank < k[:, None]
 
 
 # --------------------------------------------------------------------------------- fast path
@@ -287,21 +302,10 @@ def _sample_rows(
                 tok, conf = _confidence(token_stats(model, hidden, None, bias), opts, model.cfg.vocab_size)
 
             # per-row commit counts, then top-k by confidence within each row
-            n_masked = blk_masked.sum(-1)  # [r]
-            steps_left = (caps - step).clamp_min(1)
-            needed = (n_masked + steps_left - 1) // steps_left
             conf_grid = torch.full(blk_masked.shape, -1.0, device=device)
             conf_grid[sel[:, 0], sel[:, 1]] = conf
-            if opts.steps_per_block is None:
-                above = (conf_grid >= opts.tau).sum(-1)
-                k = torch.maximum(torch.maximum(above, needed), torch.ones_like(needed))
-            else:
-                k = torch.maximum(needed, torch.ones_like(needed))
-            k = torch.minimum(k, n_masked)
-            order = conf_grid.argsort(dim=-1, descending=True, stable=True)
-            rank = torch.empty_like(order)
-            rank.scatter_(-1, order, torch.arange(order.shape[-1], device=device).expand_as(order))
-            commit = blk_masked & (rank < k[:, None])
+            k = commit_counts(conf_grid, blk_masked.sum(-1), caps - step, opts)
+            commit = blk_masked & top_k_mask(conf_grid, k)
 
             tok_grid = torch.zeros(blk_masked.shape, dtype=torch.long, device=device)
             tok_grid[sel[:, 0], sel[:, 1]] = tok
