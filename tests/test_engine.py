@@ -176,3 +176,10 @@ def test_every_command_reports_a_bad_model_in_one_line(tmp_path: Path, command: 
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"diffill {command[0]}: "), r.stderr
+
+
+def test_eval_without_the_benchmark_data_says_where_it_looked(tmp_path: Path) -> None:
+    r = _cli("eval", "humaneval-infilling", "--data", str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert line.startswith("diffill eval: ") and str(tmp_path / "nowhere") in line

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from . import CommandError
 from ._model_args import add_model_arguments
 
 HELP = "evaluate a model: `diffill eval humaneval-infilling --subset single-line --data DIR`"
@@ -73,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         write_samples,
     )
 
-    problems = load_problems(args.data, args.subset)
+    try:
+        problems = load_problems(args.data, args.subset)
+    except FileNotFoundError as exc:  # no benchmark data here: say where it was looked for
+        raise CommandError(str(exc)) from None
     if args.limit and args.limit < len(problems):
         problems = spread(problems, args.limit)
     if args.compare:
