@@ -17,11 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.attention import attention
-from kernels.lm_head import TokenStats, lm_head_stats
-from kernels.rmsnorm import add_rmsnorm
-from kernels.rope import rope_qkv_to_cache
-from kernels.swiglu import swiglu
+from diffill_kernels.attention import attention
+from diffill_kernels.lm_head import TokenStats, lm_head_stats
+from diffill_kernels.rmsnorm import add_rmsnorm
+from diffill_kernels.rope import rope_qkv_to_cache
+from diffill_kernels.swiglu import swiglu
 
 from .kv_cache import KVCache
 

@@ -83,11 +83,11 @@ def read_api_key(flag: str | None, path: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    from diffill_http.app import ServerConfig, create_app
+    from diffill_http.chat import load_chat_template
 
     from diffusion_core.batcher import Batcher
     from diffusion_core.engine import Engine, resolve_model_path
-    from http_server.app import ServerConfig, create_app
-    from http_server.chat import load_chat_template
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

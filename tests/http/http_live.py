@@ -10,8 +10,8 @@ from typing import Any
 import uvicorn
 
 from diffusion_core.batcher import Batcher
-from http_server.app import ServerConfig, create_app
-from http_server.chat import ChatTemplate
+from diffill_http.app import ServerConfig, create_app
+from diffill_http.chat import ChatTemplate
 
 # ChatML-style, written for these tests.
 CHAT_TEMPLATE = (

@@ -13,7 +13,7 @@ import pytest
 from http_live import LiveServer
 
 from diffusion_core.engine import Engine
-from http_server.app import ServerConfig
+from diffill_http.app import ServerConfig
 
 LIMIT = 64 * 1024
 

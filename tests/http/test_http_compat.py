@@ -10,7 +10,7 @@ import httpx
 from http_live import LiveServer
 
 from diffusion_core.engine import Engine
-from http_server.app import ServerConfig
+from diffill_http.app import ServerConfig
 
 PREFIX_LINES = "def add(a, b):\n"
 CUR_LINE = "    return "

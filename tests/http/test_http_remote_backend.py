@@ -11,7 +11,7 @@ import pytest
 from http_live import LiveServer
 
 from diffusion_core.engine import Cancelled, Completion, Engine, InfillRequest, SamplingOptions
-from http_server.app import ServerConfig
+from diffill_http.app import ServerConfig
 from lsp_server.remote import RemoteBackend, RemoteError, _base_url
 
 T = 30

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from http_live import LiveServer
 
-from http_server.app import ServerConfig
+from diffill_http.app import ServerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from docs_blocks import REPO, blocks  # noqa: E402

@@ -11,11 +11,11 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import attention as A
-from kernels import lm_head as L
-from kernels import rmsnorm as N
-from kernels import rope as R
-from kernels import swiglu as S
+from diffill_kernels import attention as A
+from diffill_kernels import lm_head as L
+from diffill_kernels import rmsnorm as N
+from diffill_kernels import rope as R
+from diffill_kernels import swiglu as S
 
 TARGET = GPUTarget("cuda", 90, 32)
 

@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from kernels._common import allow_cpu_interpreter  # noqa: E402
+from diffill_kernels._common import allow_cpu_interpreter  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _common
-from kernels.attention import attention, attention_reference, plan_splits
+from diffill_kernels import _common
+from diffill_kernels.attention import attention, attention_reference, plan_splits
 
 # (batch, heads, kv_heads, queries, keys, head_dim, keys_per_split or None = planner)
 SHAPES = [

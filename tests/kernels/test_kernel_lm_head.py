@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _common
-from kernels.lm_head import lm_head_stats, lm_head_stats_reference
+from diffill_kernels import _common
+from diffill_kernels.lm_head import lm_head_stats, lm_head_stats_reference
 
 # (rows of hidden, hidden size, vocab, selected rows or None, vocab_per_split or None)
 SHAPES = [

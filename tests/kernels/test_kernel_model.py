@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffusion_core.model import ModelConfig, Transformer
-from kernels import _common
-from kernels.lm_head import stats_from_logits
+from diffill_kernels import _common
+from diffill_kernels.lm_head import stats_from_logits
 
 CONFIGS = {
     "qwen2": dict(qkv_bias=True, tie_embeddings=True),  # Open-dCoder / Dream style

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _common
-from kernels.rmsnorm import add_rmsnorm, add_rmsnorm_reference
+from diffill_kernels import _common
+from diffill_kernels.rmsnorm import add_rmsnorm, add_rmsnorm_reference
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _common
-from kernels.rope import rope_qkv_to_cache, rope_qkv_to_cache_reference
+from diffill_kernels import _common
+from diffill_kernels.rope import rope_qkv_to_cache, rope_qkv_to_cache_reference
 
 
 def _tables(positions: torch.Tensor, d: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 from diffusion_core.families import FamilySpec
 from diffusion_core.model import ModelConfig, Transformer
 from diffusion_core.sampler import Canvas, SamplingOptions, sample_batch
-from kernels import _common
+from diffill_kernels import _common
 
 VOCAB, MASK, EOS, BEGIN = 300, 299, 0, 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import _common
-from kernels.swiglu import swiglu, swiglu_reference
+from diffill_kernels import _common
+from diffill_kernels.swiglu import swiglu, swiglu_reference
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
