@@ -100,3 +100,36 @@ def int8_wanted(dtype: torch.dtype) -> bool:
     if mode == "auto":
         return int8_is_faster(dtype)
     return mode in ("1", "on", "true")
+
+
+# --------------------------------------------------------------------------------- devices / dtypes
+_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None means bf16 on CUDA (fast, and what the models were trained in) and fp32 on CPU
+    (CPU bf16 matmuls are slow and imprecise)."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (use one of {', '.join(sorted(_DTYPES))})")
+    return _DTYPES[key]
