@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from diffill_kernels.attention import attention
 from diffill_kernels.lm_head import TokenStats, lm_head_stats
 from diffill_kernels.rmsnorm import add_rmsnorm

@@ -83,9 +83,9 @@ def read_api_key(flag: str | None, path: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+
     from diffill_http.app import ServerConfig, create_app
     from diffill_http.chat import load_chat_template
-
     from diffusion_core.batcher import Batcher
     from diffusion_core.engine import Engine, resolve_model_path
 

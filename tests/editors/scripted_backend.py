@@ -8,12 +8,13 @@ so the test can assert that the editor shows exactly it and inserts exactly it.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from json_handler import JsonHandler
 
 # multi-character, accented letters, an arrow (BMP) and an emoji (a UTF-16 surrogate pair)
 SCRIPTED = '(2, "héllo → wörld 🙂")'
@@ -25,27 +26,16 @@ def scripted_backend(text: str = SCRIPTED) -> Iterator[tuple[str, list[dict[str,
     """Serve ``text`` as every completion; yields the base URL and the request bodies seen."""
     bodies: list[dict[str, Any]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a: object) -> None:
-            pass
-
-        def _send(self, obj: object, status: int = 200) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path == "/v1/models":
-                return self._send({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-            self._send({"error": {"message": "not found"}}, 404)
+                return self.send_json(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+            self.send_json(404, {"error": {"message": "not found"}})
 
         def do_POST(self) -> None:
-            bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            bodies.append(self.json_body())
             choice = {"index": 0, "text": text, "finish_reason": "stop"}
-            self._send({"object": "text_completion", "model": MODEL, "choices": [choice]})
+            self.send_json(200, {"object": "text_completion", "model": MODEL, "choices": [choice]})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -9,9 +9,9 @@ from typing import Any
 
 import uvicorn
 
-from diffusion_core.batcher import Batcher
 from diffill_http.app import ServerConfig, create_app
 from diffill_http.chat import ChatTemplate
+from diffusion_core.batcher import Batcher
 
 # ChatML-style, written for these tests.
 CHAT_TEMPLATE = (

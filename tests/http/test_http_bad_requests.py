@@ -12,8 +12,8 @@ import httpx
 import pytest
 from http_live import LiveServer
 
-from diffusion_core.engine import Engine
 from diffill_http.app import ServerConfig
+from diffusion_core.engine import Engine
 
 LIMIT = 64 * 1024
 

@@ -9,8 +9,8 @@ import re
 import httpx
 from http_live import LiveServer
 
-from diffusion_core.engine import Engine
 from diffill_http.app import ServerConfig
+from diffusion_core.engine import Engine
 
 PREFIX_LINES = "def add(a, b):\n"
 CUR_LINE = "    return "

@@ -9,9 +9,9 @@ import openai
 import pytest
 from http_live import CHAT_TEMPLATE, LiveServer
 
-from diffusion_core.engine import Engine
 from diffill_http.app import ServerConfig
 from diffill_http.chat import ChatTemplate, load_chat_template
+from diffusion_core.engine import Engine
 
 PREFIX = "def fibonacci(n: int) -> int:\n    if n < 2:\n        return "
 SUFFIX = "\n    a, b = 0, 1\n"

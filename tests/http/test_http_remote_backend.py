@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from http_live import LiveServer
 
-from diffusion_core.engine import Cancelled, Completion, Engine, InfillRequest, SamplingOptions
 from diffill_http.app import ServerConfig
+from diffusion_core.engine import Cancelled, Completion, Engine, InfillRequest, SamplingOptions
 from lsp_server.remote import RemoteBackend, RemoteError, _base_url
 
 T = 30

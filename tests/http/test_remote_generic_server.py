@@ -4,12 +4,12 @@ API as vLLM / SGLang / llama.cpp's server speak it (``/v1/models``, ``/v1/comple
 
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from json_handler import JsonHandler
 
 from diffusion_core.interface import InfillRequest, SamplingOptions
 from lsp_server.backend import make_backend
@@ -26,32 +26,21 @@ class GenericServer:
         self.bodies: list[dict[str, Any]] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: object) -> None:
-                pass
-
-            def _send(self, status: int, obj: object) -> None:
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 if self.path == "/v1/models":
-                    return self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-                self._send(404, {"object": "error", "message": "Not Found", "code": 404})
+                    return self.send_json(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+                self.send_json(404, {"object": "error", "message": "Not Found", "code": 404})
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = self.json_body()
                 outer.bodies.append(body)
                 unknown = sorted(set(body) - STANDARD)
                 if strict and unknown:
                     msg = f"Unrecognized request argument supplied: {', '.join(unknown)}"
-                    return self._send(400, {"object": "error", "message": msg, "type": "BadRequestError"})
+                    return self.send_json(400, {"object": "error", "message": msg, "type": "BadRequestError"})
                 text = f"<{body['prompt'][-6:]}|{body['suffix'][:6]}>"
-                self._send(
+                self.send_json(
                     200,
                     {
                         "object": "text_completion",

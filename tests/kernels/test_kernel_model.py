@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_core.model import ModelConfig, Transformer
 from diffill_kernels import _common
 from diffill_kernels.lm_head import stats_from_logits
+from diffusion_core.model import ModelConfig, Transformer
 
 CONFIGS = {
     "qwen2": dict(qkv_bias=True, tie_embeddings=True),  # Open-dCoder / Dream style

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from diffill_kernels import _common
 from diffusion_core.families import FamilySpec
 from diffusion_core.model import ModelConfig, Transformer
 from diffusion_core.sampler import Canvas, SamplingOptions, sample_batch
-from diffill_kernels import _common
 
 VOCAB, MASK, EOS, BEGIN = 300, 299, 0, 1
 
