@@ -21,6 +21,7 @@ from .checkpoint_config import (
     _require_value,
     _typed,
 )
+from .families import family_layouts
 from .model import ModelConfig
 
 Sources = dict[str, list[str]]
@@ -233,15 +234,9 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 # model_type (lower case) -> layout
-_LAYOUT_BY_MODEL_TYPE = {
-    "diffill": "diffill",
-    "dream": "qwen2",
-    "qwen2": "qwen2",
-    "coda": "qwen3",
-    "qwen3": "qwen3",
-    "llama": "llama",
-    "llada": "llada",
-}
+# model_type -> layout: what the families declare (diffusion_core/families/), plus the plain
+# architectures no family claims (a qwen3 or llama directory names its family in config.json)
+_LAYOUT_BY_MODEL_TYPE = {"qwen3": "qwen3", "llama": "llama", **family_layouts()}
 
 
 def detect_layout(cfg: Mapping[str, Any]) -> Layout:
