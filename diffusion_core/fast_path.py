@@ -24,18 +24,9 @@ from diffill_kernels.rope import rope_qkv_to_cache
 from diffill_kernels.swiglu import swiglu
 
 from .kv_cache import KVCache
+from .model import rope_cos_sin
 
-__all__ = ["fast_forward", "rope_tables", "token_stats"]
-
-
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 cos/sin ``[B, T, D]`` (half-split layout); computed once per forward for all layers."""
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    )
-    freqs = positions.to(torch.float32)[..., None] * inv_freq
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
+__all__ = ["fast_forward", "token_stats"]
 
 
 def fast_forward(
@@ -57,7 +48,7 @@ def fast_forward(
         if not isinstance(start, int):
             positions = positions + start.reshape(1, 1)
     x = model.embed(input_ids)
-    cos, sin = rope_tables(positions, d, cfg.rope_theta)
+    cos, sin = rope_cos_sin(positions, d, cfg.rope_theta, torch.float32)  # fp32, once for all layers
 
     write_mask = None
     if cache is None:  # keys are this call's own tokens: one scratch K/V reused by every layer

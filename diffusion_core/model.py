@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffill_kernels.rmsnorm import rmsnorm_reference
+
 from .int8 import quantize_linears, use_int8
 from .kv_cache import KVCache
 
@@ -117,15 +119,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm computed in fp32 and cast back, as the Qwen/LLaMA references do."""
-    dtype = x.dtype
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(dtype)
+        return rmsnorm_reference(x, self.weight, self.eps)  # the kernels' reference: one definition
 
 
 def rope_cos_sin(

@@ -13,7 +13,14 @@ import torch
 
 from ._common import can_launch, launches, next_pow2, tl, triton
 
-__all__ = ["add_rmsnorm", "add_rmsnorm_reference"]
+__all__ = ["add_rmsnorm", "add_rmsnorm_reference", "rmsnorm_reference"]
+
+
+def rmsnorm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as the Qwen/LLaMA references compute it: normalised in fp32, cast back, then
+    scaled. The one definition: the model's eager forward and every kernel's reference use it."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def add_rmsnorm_reference(
@@ -21,9 +28,7 @@ def add_rmsnorm_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(rmsnorm(x + residual) * weight, x + residual)``; ``residual=None`` means no add."""
     new_res = x if residual is None else x + residual
-    xf = new_res.float()
-    normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return weight * normed, new_res
+    return rmsnorm_reference(new_res, weight, eps), new_res
 
 
 if triton is not None:

@@ -15,13 +15,9 @@ from __future__ import annotations
 import torch
 
 from ._common import can_launch, launches, next_pow2, tl, triton
+from .rmsnorm import rmsnorm_reference
 
 __all__ = ["rope_qkv_to_cache", "rope_qkv_to_cache_reference"]
-
-
-def _head_rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -58,9 +54,9 @@ def rope_qkv_to_cache_reference(
     k = k.reshape(b, t, num_kv_heads, d).transpose(1, 2)
     v = v.reshape(b, t, num_kv_heads, d).transpose(1, 2)
     if q_norm_weight is not None:
-        q = _head_rmsnorm(q, q_norm_weight, eps)
+        q = rmsnorm_reference(q, q_norm_weight, eps)
     if k_norm_weight is not None:
-        k = _head_rmsnorm(k, k_norm_weight, eps)
+        k = rmsnorm_reference(k, k_norm_weight, eps)
     s = int(start)
     k = _rotate(k, cos, sin)
     if write_mask is not None:
