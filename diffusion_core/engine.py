@@ -290,11 +290,10 @@ class Engine:
         max_tokens: int = 64,
         options: SamplingOptions | None = None,
         cancel: CancelCheck | None = None,
-        language: str | None = None,
     ) -> Completion:
         """Fill the hole between ``prefix`` and ``suffix``. ``cancel`` is polled between denoising
         steps; when it returns True the call raises :class:`Cancelled`."""
-        req = InfillRequest(prefix, suffix, max_tokens, options, language)
+        req = InfillRequest(prefix, suffix, max_tokens, options)
         return self.infill_batch([req], cancel=cancel)[0]
 
     def infill_until(

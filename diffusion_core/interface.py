@@ -163,7 +163,6 @@ class InfillRequest:
     suffix: str
     max_tokens: int = 64
     options: SamplingOptions | None = None
-    language: str | None = None
     stop: tuple[str, ...] = ()  # end the completion at the first of these (not included)
 
 

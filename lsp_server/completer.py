@@ -242,7 +242,6 @@ def _prepare(ctx: Context, s: Settings, anchors: dict[str, str] | None = None) -
             suffix=suffix,
             max_tokens=s.max_tokens,
             options=SamplingOptions(quality=s.quality, length=s.length),
-            language=ctx.language or None,
             stop=("\n",) if ctx.edit.mid_line or ctx.edit.line_prefix.strip() else (),
         )
 

@@ -138,10 +138,9 @@ class RemoteBackend:
         max_tokens: int = 64,
         options: SamplingOptions | None = None,
         cancel: CancelCheck | None = None,
-        language: str | None = None,
     ) -> Completion:
         """Same contract as ``Engine.infill``: raises ``Cancelled`` when ``cancel()`` turns True."""
-        return self.infill_batch([InfillRequest(prefix, suffix, max_tokens, options, language)], cancel)[0]
+        return self.infill_batch([InfillRequest(prefix, suffix, max_tokens, options)], cancel)[0]
 
     def infill_batch(
         self, requests: Sequence[InfillRequest], cancel: CancelCheck | None = None

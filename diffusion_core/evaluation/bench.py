@@ -40,7 +40,7 @@ from diffusion_core.sampler import Canvas, SamplingOptions, reference_sample, sa
 
 __all__ = ["SHAPES", "BenchConfig", "run_bench", "main_args"]
 
-# Public shapes (see /work/shared/notes/diffusion-models.md); rope theta 1e6 as in Qwen2.5/Qwen3.
+# Public shapes (the families' published config.json values); rope theta 1e6 as in Qwen2.5/Qwen3.
 SHAPES: dict[str, ModelConfig] = {
     "open-dcoder-0.5b": ModelConfig(
         vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
@@ -72,10 +72,10 @@ VARIANTS = ("engine", "eager", "reference", "ar")
 # layout (one committed token + the window) and commits one token -- a per-step cost, not a speed
 CODER_WINDOW = 2
 GPU_MODELS = ("diffill-coder-0.5b", "open-dcoder-0.5b", "dream-7b", "coda-1.7b")  # the targets' models first
-# issue 6's latency targets (H100, batch 1, bf16): (model, context, middle) -> p50 ms
+# the design card's latency targets (H100, batch 1, bf16): (model, context, middle) -> p50 ms
 TARGETS: dict[tuple[str, int, int], float] = {
     ("open-dcoder-0.5b", 2048, 64): 25.0,
-    ("diffill-coder-0.5b", 2048, 64): 25.0,  # issue 16: the default model's shape
+    ("diffill-coder-0.5b", 2048, 64): 25.0,  # the default model's shape
     ("dream-7b", 1024, 32): 100.0,
 }
 
@@ -519,7 +519,7 @@ def markdown(result: dict) -> str:
         if (r["model"], r["context"], r["middle"]) == k
     ]
     if hits:
-        lines += ["", "Targets (issue 6, H100):", ""] + [f"- {h}" for h in hits]
+        lines += ["", "Targets (H100, batch 1):", ""] + [f"- {h}" for h in hits]
     if m["device"] == "cpu":
         lines += ["", "CPU: no Triton kernels or CUDA graphs, so the engine and (b) run the same code. "
                   f"Load average at the start: {m['load_average']}; on a shared host compare the CPU ms "
