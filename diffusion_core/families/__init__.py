@@ -4,18 +4,17 @@ One module per family (``dream.py``, ``coda.py``, ...) holds everything about it
 ``model_type`` / ``architectures`` values that name it, the tensor layout its weights use
 (``diffusion_core/layouts.py``) and the builder of its :class:`FamilySpec` (mask, end and pad
 tokens, what goes before the prefix and after the suffix, whether logits are shifted). Adding a
-family is adding a module here: the registry below finds it. (Diffill-Coder, a causal base with an
+family is adding a module here and naming it in the registry below. (Diffill-Coder, a causal base with an
 adapter, is its own package: ``diffusion_core/coder/``.)
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from . import coda, diffill, dream, llada, open_dcoder
 from .spec import FamilyError, FamilySpec, TokenizerInfo, make_spec
 
 if TYPE_CHECKING:
@@ -33,20 +32,8 @@ __all__ = [
 ]
 
 
-def _discover() -> dict[str, ModuleType]:
-    """Every module of this package but ``spec`` is a family; two may not claim one name."""
-    found: dict[str, ModuleType] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name == "spec":
-            continue
-        mod = importlib.import_module(f"{__name__}.{info.name}")
-        if mod.NAME in found:
-            raise RuntimeError(f"two family modules are named {mod.NAME!r}")
-        found[mod.NAME] = mod
-    return found
-
-
-FAMILIES = _discover()
+# the registry: every family module, by its NAME (a static list, so the import graph is plain)
+FAMILIES: dict[str, ModuleType] = {m.NAME: m for m in (diffill, dream, open_dcoder, coda, llada)}
 FAMILY_NAMES = tuple(FAMILIES)
 _BY_MODEL_TYPE = {t: name for name, m in FAMILIES.items() for t in m.MODEL_TYPES}
 _BY_ARCHITECTURE = {a: name for name, m in FAMILIES.items() for a in m.ARCHITECTURES}
