@@ -25,12 +25,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .interface import CancelCheck, Cancelled
+from .interface import CancelCheck, Cancelled, QueueClosed
 
 if TYPE_CHECKING:
     from .engine import Completion, InfillRequest
@@ -52,7 +52,7 @@ class Overloaded(RuntimeError):
     """Raised by :meth:`Batcher.submit` when ``max_pending`` requests are already waiting."""
 
 
-class BatcherClosed(RuntimeError):
+class BatcherClosed(QueueClosed):
     """Raised for requests submitted to (or still waiting in) a closed batcher."""
 
 
@@ -103,7 +103,9 @@ class Batcher:
         wait_ms: float = 5.0,
         max_pending: int = 1024,
         name: str = "diffill-batcher",
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_batch(size)`` is told of every engine call (the language server's counters)."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if wait_ms < 0:
@@ -112,6 +114,7 @@ class Batcher:
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
         self.max_pending = max_pending
+        self.on_batch = on_batch
         self._pending: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -173,18 +176,10 @@ class Batcher:
 
     # ------------------------------------------------------------------------- worker
     def _key(self, request: InfillRequest) -> Hashable:
-        """Requests with equal sampling options share one denoising run."""
+        """Requests with equal sampling options share one denoising run (``SamplingOptions`` is
+        frozen, so the options are their own key)."""
         opts = request.options
-        if opts is None:
-            opts = getattr(self.engine, "default_options", None)
-        if opts is None:
-            return None
-        try:
-            key = tuple(sorted(vars(opts).items()))
-            hash(key)
-            return key
-        except TypeError:  # no __dict__, or unhashable values
-            return repr(opts)
+        return opts if opts is not None else getattr(self.engine, "default_options", None)
 
     def _want_company(self, head: _Job) -> bool:
         return self.wait_s > 0 and self.max_batch > 1 and (self._last_batch_size > 1 or head.overlapped)
@@ -244,6 +239,8 @@ class Batcher:
             self._stats.batches += 1
             self._stats.max_batch_seen = max(self._stats.max_batch_seen, len(jobs))
             self._stats.batch_sizes[len(jobs)] = self._stats.batch_sizes.get(len(jobs), 0) + 1
+        if self.on_batch is not None:
+            self.on_batch(len(jobs))
         try:
             try:
                 results = self.engine.infill_batch(

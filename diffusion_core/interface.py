@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ __all__ = [
     "LENGTH_POLICIES",
     "OptionError",
     "QUALITY_RANGE",
+    "QueueClosed",
+    "QueueFactory",
+    "RequestQueue",
     "ANCHOR_CHARS",
     "CancelCheck",
     "Cancelled",
@@ -70,6 +74,23 @@ def reporting(report: Callable[[str], None] | None) -> Iterator[None]:
 
 def load_reporter() -> Callable[[str], None] | None:
     return _load_reporter.get()
+
+
+class QueueClosed(RuntimeError):
+    """The request queue (``diffusion_core.batcher.Batcher``) is closed: a reload or shutdown."""
+
+
+class RequestQueue(Protocol):
+    """The one request queue in front of a backend (``diffusion_core.batcher.Batcher``): both
+    servers submit to it; the language server is handed its constructor by the command line."""
+
+    def submit(self, request: InfillRequest, cancel: CancelCheck | None = None) -> Future[Completion]: ...
+
+    def close(self, timeout: float | None = 5.0) -> None: ...
+
+
+# builds the queue in front of ``backend``; ``on_batch(size)`` hears of every backend call
+QueueFactory = Callable[..., RequestQueue]
 
 
 class OptionError(ValueError):

@@ -38,6 +38,8 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
+from diffusion_core.interface import QueueFactory
+
 from . import __version__
 from .backend import ModelDefaults, make_backend
 from .completer import Completer, Suggestion
@@ -208,6 +210,7 @@ class DiffillServer(LanguageServer):
         defaults: ModelDefaults | None = None,
         factory: BackendFactory = make_backend,
         worker: EngineWorker | None = None,
+        queue: QueueFactory | None = None,
     ) -> None:
         super().__init__(
             "diffill",
@@ -220,7 +223,7 @@ class DiffillServer(LanguageServer):
         self.stats = Stats()
         self.store = DocumentStore()
         # a TCP server's sessions share one worker (one model), each with its own documents
-        self.worker = worker or EngineWorker(self.stats, factory)
+        self.worker = worker or EngineWorker(self.stats, factory, queue=queue)
         self.completer = Completer(
             self.store, self.worker, self.stats, lambda: self.settings, report=self._completion_failed
         )
@@ -465,9 +468,12 @@ def create_server(
     defaults: ModelDefaults | None = None,
     factory: BackendFactory = make_backend,
     worker: EngineWorker | None = None,
+    queue: QueueFactory | None = None,
 ) -> DiffillServer:
-    """Build the server with every handler registered (``worker``: share a loaded model)."""
-    ls = DiffillServer(defaults, factory, worker)
+    """Build the server with every handler registered (``worker``: share a loaded model;
+    ``queue``: the request queue's constructor, ``diffusion_core.batcher.Batcher``, which the
+    command line hands in because the server reaches the engine only through the seam)."""
+    ls = DiffillServer(defaults, factory, worker, queue)
 
     @ls.feature(types.INITIALIZE)
     def initialize(params: types.InitializeParams) -> None:

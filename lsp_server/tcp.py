@@ -30,6 +30,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from diffusion_core.interface import QueueFactory
+
 from . import framing
 from .backend import ModelDefaults, make_backend
 from .stats import Stats
@@ -101,6 +103,7 @@ def serve_tcp(
     factory: BackendFactory = make_backend,
     token: str | None = None,
     token_file: Path | None = None,
+    queue: QueueFactory | None = None,
 ) -> int:
     """Serve editors one at a time until one sends ``exit``; returns the exit code."""
     from .server import create_server
@@ -113,7 +116,7 @@ def serve_tcp(
             file=sys.stderr,
             flush=True,
         )
-    worker = EngineWorker(Stats(), factory)
+    worker = EngineWorker(Stats(), factory, queue=queue)
     result: dict[str, int] = {}
 
     async def main() -> None:

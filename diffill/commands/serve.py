@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     _setup_logging(args.log_file, args.log_level)
 
+    from diffusion_core.batcher import Batcher  # the one request queue (the HTTP server's too)
     from lsp_server.backend import ModelDefaults, make_backend
     from lsp_server.server import create_server
 
@@ -107,14 +108,14 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             token_file = Path(args.token_file) if args.token_file else None
-            code = serve_tcp(*tcp, defaults, factory=factory, token_file=token_file)
+            code = serve_tcp(*tcp, defaults, factory=factory, token_file=token_file, queue=Batcher)
         except TcpTokenError as exc:
             print(f"diffill serve: {exc}", file=sys.stderr)
             return 2
         logging.shutdown()
         sys.stderr.flush()
         os._exit(code)
-    server = create_server(defaults, factory)
+    server = create_server(defaults, factory, queue=Batcher)
     # stdout is the protocol channel: give the server its own copy of the descriptor and point
     # fd 1 at stderr, so a stray print (ours, a library's, a C extension's) cannot corrupt it.
     lsp_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 from lsprotocol import types
 
+from diffusion_core.batcher import Batcher
 from diffusion_core.interface import Cancelled, Completion, InfillRequest
 from lsp_server.cache import CompletionCache, Shown, TypedThrough
 from lsp_server.completer import Completer
@@ -54,7 +55,7 @@ def job(prefix: str = "x = ") -> object:
 
 
 async def ready_worker(fake: FakeBackend) -> EngineWorker:
-    w = EngineWorker(Stats(), factory=lambda *a: fake)
+    w = EngineWorker(Stats(), factory=lambda *a: fake, queue=Batcher)
     w.start()
     assert await w.load(None, None, None) == "fake"
     return w
@@ -76,7 +77,7 @@ def test_requests_that_wait_while_the_engine_is_busy_run_as_one_batch():
         first = asyncio.ensure_future(w.infill(job("a"), Ticket()))
         await wait_until(fake.started.is_set)
         others = [asyncio.ensure_future(w.infill(job(p), Ticket())) for p in ("b", "c", "d")]
-        await wait_until(lambda: w._real_waiting == 3)
+        await wait_until(lambda: w.batcher.stats().pending == 3)
         fake.hold.set()
         assert await asyncio.gather(first, *others) == ["value = 1"] * 4
         assert [len(c) for c in fake.calls] == [1, 3]
@@ -193,7 +194,7 @@ def test_load_failure_keeps_the_worker_alive_and_answers_not_ready():
         def broken(*args: object) -> FakeBackend:
             raise FileNotFoundError("no config.json in /nope")
 
-        w = EngineWorker(Stats(), factory=broken)
+        w = EngineWorker(Stats(), factory=broken, queue=Batcher)
         w.start()
         with pytest.raises(LoadFailed, match="config.json"):
             await w.load("/nope", None, None)
@@ -217,7 +218,7 @@ def test_cancelled_before_it_runs_never_reaches_the_engine():
         await wait_until(fake.started.is_set)
         t = Ticket()
         queued = asyncio.ensure_future(w.infill(job(), t))
-        await wait_until(lambda: w._real_waiting == 1)
+        await wait_until(lambda: w.batcher.stats().pending == 1)
         t.cancel()
         fake.hold.set()
         await first
@@ -357,7 +358,7 @@ def test_a_request_during_the_model_load_is_answered_when_the_model_is_ready():
             gate.wait(10)
             return fake
 
-        w = EngineWorker(Stats(), factory=slow_factory)
+        w = EngineWorker(Stats(), factory=slow_factory, queue=Batcher)
         w.start()
         loading = asyncio.ensure_future(w.load(None, None, None))
         await wait_until(lambda: w.state == "loading")
