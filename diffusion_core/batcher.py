@@ -78,6 +78,7 @@ class _Job:
     key: Hashable
     submitted: float
     overlapped: bool  # another request was in flight when this one was submitted
+    background: bool = False  # speculative: runs only when no foreground request waits
     resolved: bool = False
 
     def cancelled(self) -> bool:
@@ -126,9 +127,13 @@ class Batcher:
         self._thread.start()
 
     # ------------------------------------------------------------------------- public API
-    def submit(self, request: InfillRequest, cancel: CancelCheck | None = None) -> Future[Completion]:
+    def submit(
+        self, request: InfillRequest, cancel: CancelCheck | None = None, background: bool = False
+    ) -> Future[Completion]:
         """Queue one request; the Future resolves to its Completion, or raises ``Cancelled``,
-        ``BatcherClosed`` or the engine's error for this request alone."""
+        ``BatcherClosed`` or the engine's error for this request alone. A ``background`` request
+        (a speculative prefetch) is never batched with foreground ones and waits while any
+        foreground request does, so it cannot delay real work beyond the step it is in."""
         if request.max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
         fut: Future[Completion] = Future()
@@ -138,7 +143,7 @@ class Batcher:
                 raise BatcherClosed("batcher is closed")
             if len(self._pending) >= self.max_pending:
                 raise Overloaded(f"{len(self._pending)} requests already waiting")
-            job = _Job(request, cancel, fut, self._key(request), now, self._inflight > 0)
+            job = _Job(request, cancel, fut, self._key(request), now, self._inflight > 0, background)
             self._inflight += 1
             self._pending.append(job)
             self._stats.requests += 1
@@ -181,6 +186,12 @@ class Batcher:
         opts = request.options
         return opts if opts is not None else getattr(self.engine, "default_options", None)
 
+    @staticmethod
+    def _joins(job: _Job, head: _Job) -> bool:
+        """Whether ``job`` may share ``head``'s run: equal options, and both foreground or both
+        background."""
+        return job.key == head.key and job.background == head.background
+
     def _want_company(self, head: _Job) -> bool:
         return self.wait_s > 0 and self.max_batch > 1 and (self._last_batch_size > 1 or head.overlapped)
 
@@ -191,14 +202,17 @@ class Batcher:
                 self._cond.wait()
             if not self._pending:
                 return None
-            head = self._pending[0]
+            # foreground work first; a background request only when nothing else waits
+            head = next((j for j in self._pending if not j.background), self._pending[0])
             if self._want_company(head):
                 # expected company: the callers of the last batch (they tend to come back) plus
                 # those that queued while it ran; stop waiting as soon as they are all here
-                carried = sum(1 for j in self._pending if j.key == head.key and j.submitted < self._last_done)
+                carried = sum(
+                    1 for j in self._pending if self._joins(j, head) and j.submitted < self._last_done
+                )
                 target = min(self.max_batch, max(2, self._last_batch_size + carried))
                 deadline = time.perf_counter() + self.wait_s
-                while not self._closed and sum(1 for j in self._pending if j.key == head.key) < target:
+                while not self._closed and sum(1 for j in self._pending if self._joins(j, head)) < target:
                     left = deadline - time.perf_counter()
                     if left <= 0:
                         break
@@ -207,7 +221,7 @@ class Batcher:
             keep: deque[_Job] = deque()
             while self._pending:
                 job = self._pending.popleft()
-                if len(batch) < self.max_batch and job.key == head.key:
+                if len(batch) < self.max_batch and self._joins(job, head):
                     batch.append(job)
                 else:
                     keep.append(job)

@@ -84,7 +84,9 @@ class RequestQueue(Protocol):
     """The one request queue in front of a backend (``diffusion_core.batcher.Batcher``): both
     servers submit to it; the language server is handed its constructor by the command line."""
 
-    def submit(self, request: InfillRequest, cancel: CancelCheck | None = None) -> Future[Completion]: ...
+    def submit(
+        self, request: InfillRequest, cancel: CancelCheck | None = None, background: bool = False
+    ) -> Future[Completion]: ...
 
     def close(self, timeout: float | None = 5.0) -> None: ...
 

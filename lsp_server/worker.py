@@ -159,7 +159,7 @@ class EngineWorker:
             else:
                 cancel = lambda: self._stopping or ticket.cancelled
             try:
-                future = batcher.submit(request, cancel)
+                future = batcher.submit(request, cancel, background=prefetch)
             except QueueClosed:
                 raise NotReady("the model is being reloaded") from None
             try:

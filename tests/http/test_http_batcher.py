@@ -70,6 +70,22 @@ def test_requests_queued_behind_a_running_batch_share_the_next_one() -> None:
     assert b.stats().batch_sizes == {1: 1, 5: 1}
 
 
+def test_background_requests_wait_for_foreground_work_and_never_share_its_batch() -> None:
+    """A speculative prefetch queued first must not delay a real request queued after it: the
+    real one runs next, alone, and the prefetch after it (the language server's prefetches)."""
+    eng = FakeEngine(hold=True)
+    with Batcher(eng, wait_ms=0) as b:
+        running = b.submit(InfillRequest("running", ""))
+        assert eng.entered.wait(T)
+        later = b.submit(InfillRequest("prefetch", ""), background=True)
+        real = b.submit(InfillRequest("real", ""))
+        wait_pending(b, 2)
+        eng.release.set()
+        texts = [f.result(timeout=T).text for f in (running, real, later)]
+    assert texts == ["<running>", "<real>", "<prefetch>"]
+    assert eng.calls == [["running"], ["real"], ["prefetch"]]
+
+
 def test_max_batch_and_option_groups() -> None:
     eng = FakeEngine(hold=True)
     sampled = SamplingOptions(temperature=0.7, seed=1)
