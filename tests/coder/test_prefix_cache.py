@@ -99,3 +99,26 @@ def test_engine_reuses_across_infill_calls(engine: Engine) -> None:
     assert info["reused_context_tokens"] - before > 0.8 * 2 * len(engine.tokenizer.encode(PREFIX))
     with torch.no_grad():
         assert info["prefix_cache_bytes"] > 0
+
+
+def test_the_engines_cut_of_a_long_context_stays_put_while_typing(engine: Engine) -> None:
+    """A client that sends more context than the engine's budget (an HTTP editor plugin sending
+    the whole file) types at the end: the engine cuts at a line start, which stays where it is
+    for most keystrokes, so almost every request shares all but its last tokens with the one
+    before (and the context K/V is reused). A cut a fixed number of tokens from the cursor would
+    move its start with every token typed."""
+    budget = engine.max_prefix_tokens
+    engine.max_prefix_tokens = 200
+    try:
+        body = "".join(LINES * 3)
+        typed = "    result = compute_total(values, weights) + offset\n"
+        prev, kept = None, 0
+        for i in range(1, len(typed) + 1):
+            ids, _ = engine.fit_context(body + typed[:i], SUFFIX)
+            assert len(ids) <= 200
+            if prev is not None:
+                kept += common_prefix(prev, ids) >= len(prev) - 3
+            prev = ids
+    finally:
+        engine.max_prefix_tokens = budget
+    assert kept >= 0.9 * (len(typed) - 1), f"{kept} of {len(typed) - 1} keystrokes kept the cut"
