@@ -234,13 +234,14 @@ class Engine:
                 device=lc.device,
                 dtype=lc.dtype,
                 adapter=lc.adapter,
-                window=lc.window,
+                window=lc.window.window,
                 prefix_cache=PrefixCache(),
                 about={
                     "base": str(lc.base_dir),
                     "adapter": str(lc.adapter_dir),
                     "adapter_parameters": sum(p.numel() for p in lc.adapter.parameters()),
                     "int8_weights_mb": round(lc.int8_bytes / 2**20, 1),
+                    "draft_window": lc.window.about(),
                     "training": {k: v for k, v in lc.config.get("training", {}).items() if k != "history"},
                 },
             )

@@ -12,7 +12,15 @@ import time
 
 import torch
 
-__all__ = ["bf16_is_faster", "cpu_threads", "fit_threads", "int8_is_faster", "int8_wanted", "matmul_speeds"]
+__all__ = [
+    "bf16_is_faster",
+    "cpu_name",
+    "cpu_threads",
+    "fit_threads",
+    "int8_is_faster",
+    "int8_wanted",
+    "matmul_speeds",
+]
 
 
 def cpu_threads() -> int:
@@ -21,6 +29,20 @@ def cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the kernel reports it (results files say which machine ran them)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 def fit_threads() -> int:

@@ -128,14 +128,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
+    import dataclasses
     import datetime
-    import platform
 
     import torch
 
     from diffusion_core.engine import Engine, tiny_model_dir
     from diffusion_core.evaluation.compare import Decoder, compare, markdown_table, write_results
     from diffusion_core.interface import SamplingOptions
+    from diffusion_core.runtime import cpu_name
 
     from . import CommandError
     from ._model_args import load_engine
@@ -183,7 +184,11 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
                 opts = SamplingOptions(quality=q, block_size=int(window) if window else 32)
             except ValueError as e:
                 raise CommandError(f"--compare: bad decoder {name!r} ({e})") from None
-            label = f"{eng.model_id} quality {q:g}" + (f", window {window}" if window else "") + tag
+            if window:  # a window given: that window, whatever this machine's measurement chose
+                eng = dataclasses.replace(eng, window=int(window))
+                label = f"{eng.model_id} quality {q:g}, window {window}{tag}"
+            else:
+                label = f"{eng.model_id} quality {q:g}, window {eng.window} (as loaded){tag}"
             decoders.append(Decoder(label, eng, opts, long))
         else:
             raise CommandError(
@@ -194,9 +199,10 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
     if args.out_dir:
         meta = {
             "date": datetime.date.today().isoformat(),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
             "threads": torch.get_num_threads(),
             "dtype": str(main.dtype).removeprefix("torch.") if main else None,
+            "draft_window": main.about.get("draft_window") if main else None,
             "limit": args.limit,
             "tasks": len(problems),
         }

@@ -8,6 +8,7 @@ retrained one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..runtime import fit_threads, int8_wanted
 from ..tokenizer import Tokenizer
 from .adapter import Adapter, AdapterError, load_adapter
 from .family import coder_family
+from .window_policy import WindowChoice, choose_window
 
 __all__ = [
     "CODER_MODEL_TYPE",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 CODER_MODEL_TYPE = "diffill-coder"
+log = logging.getLogger(__name__)
 # what an adapter records of the base it was trained on (and a --base directory must match)
 SHAPE_KEYS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
 
@@ -61,7 +64,7 @@ class LoadedCoder:
     model_id: str
     device: torch.device
     dtype: torch.dtype
-    window: int
+    window: WindowChoice  # the draft window the sampler uses here, and why
     base_dir: Path
     adapter_dir: Path
     config: dict[str, Any]
@@ -140,6 +143,11 @@ def load_coder(
     window = cfg.get("window", 16)
     if not isinstance(window, int) or window < 1:
         raise CheckpointError(f"invalid value for 'window' in {adapter_dir / 'config.json'}: {window!r}")
+    try:
+        choice = choose_window(model, adapter, window, dev)  # measured on this machine
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    log.info("draft window %d (configured %d): %s", choice.window, window, choice.reason)
     return LoadedCoder(
         model=model,
         adapter=adapter,
@@ -148,7 +156,7 @@ def load_coder(
         model_id=str(cfg.get("model_id") or CODER_MODEL_TYPE),
         device=dev,
         dtype=dt,
-        window=window,
+        window=choice,
         base_dir=base_dir,
         adapter_dir=adapter_dir,
         config=cfg,

@@ -202,7 +202,11 @@ def _sample(
         pending = ctx[reused:] if first else [t for t in mid[enc:b0] if t is not None]
         start = reused if first else L + enc
         b1 = min(b0 + window, end)
-        block = [family.mask_id if t is None else t for t in mid[b0:b1]]
+        # a window's last row is only read by the rows before it (logits are shifted): with no
+        # window row to read (window 1, quality 1 without verify, the middle's last position),
+        # the forward is the pending rows alone, exactly the base's AR step
+        wide = ahead and b1 - b0 > 1
+        block = [family.mask_id if t is None else t for t in mid[b0:b1]] if wide else []
         p = len(pending)
         mask = step_mask(start, p, len(block), cache.length, device)
         ids = torch.tensor([pending + block], device=device)
