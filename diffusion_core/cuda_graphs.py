@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .fast_path import fast_forward
 from .kv_cache import KVCache
 
 __all__ = ["GraphedTransformer", "length_bucket"]
@@ -186,7 +185,7 @@ class GraphedTransformer(nn.Module):
     def _run(self, g: _Graph, cache: _PooledCache) -> torch.Tensor:
         full = KVCache.__new__(KVCache)
         full.k, full.v, full.write_mask = cache.pool_k, cache.pool_v, g.write_mask
-        return fast_forward(self.model, g.ids, g.positions, g.key_mask, full, g.start)
+        return self.model(g.ids, g.positions, g.key_mask, cache=full, start=g.start)
 
     def _capture(self, key: tuple[int, int, int], g: _Graph, cache: _PooledCache) -> None:
         while len(self._graphs) >= self.max_graphs:

@@ -7,7 +7,15 @@ full (bidirectional) over the valid keys: masked diffusion models read both side
 Weights are laid out for speed at load time: Q/K/V are one fused projection and gate/up are
 one fused projection, so each layer does two input GEMMs instead of five.
 
-The forward pass has two modes, both exact:
+There is one forward. Per layer it runs two GEMMs in, two out and four ops that are fused kernels
+on CUDA (``kernels/``) and the kernels' own plain references elsewhere (and whenever autograd is
+on); an op whose kernel cannot take a call (an attention pattern beyond a key mask) runs its
+reference there:
+
+    add+RMSNorm -> qkv GEMM -> RoPE (+QK-norm) + K/V cache write -> attention -> o_proj GEMM
+    -> add+RMSNorm -> gate_up GEMM -> SwiGLU -> down GEMM
+
+It works in two modes, both exact:
 - ``forward(ids, positions, key_mask, cache=...)``: the whole canvas; optionally writes every
   position's K/V into a :class:`~diffusion_core.kv_cache.KVCache`.
 - ``forward(ids_window, positions_window, key_mask, cache=cache, start=s)``: only the window
@@ -24,7 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffill_kernels.rmsnorm import rmsnorm_reference
+from diffill_kernels.attention import attention as attention_kernel
+from diffill_kernels.lm_head import TokenStats, lm_head_stats
+from diffill_kernels.rmsnorm import add_rmsnorm, add_rmsnorm_reference, rmsnorm_reference
+from diffill_kernels.rope import rope_qkv_reference, rope_qkv_to_cache
+from diffill_kernels.swiglu import swiglu, swiglu_reference
 
 from .int8 import quantize_linears, use_int8
 from .kv_cache import KVCache
@@ -113,6 +125,9 @@ def _linear(lin: nn.Linear, x: torch.Tensor, ad: Adapted | None, layer: int, nam
 
 
 class RMSNorm(nn.Module):
+    """Holds a norm's weight; the forward applies it through ``add_rmsnorm`` (fused with the
+    residual add) or its reference."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -123,7 +138,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables for the half-split ("rotate_half") rotary layout; shape [B, T, head_dim]."""
     inv_freq = 1.0 / (
@@ -134,11 +149,20 @@ def rope_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [B, T, D]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
+@dataclass
+class _Pass:
+    """What every layer of one forward shares."""
+
+    cos: torch.Tensor  # fp32 [B, T, head_dim], computed once for all layers
+    sin: torch.Tensor
+    key_mask: torch.Tensor | None  # bool [B, T_keys]: the attention kernel's mask
+    attn_mask: torch.Tensor | None  # bool [B, 1, 1|T, T_keys]: SDPA's (the key mask, or a pattern)
+    causal: bool
+    pattern: bool  # causal or a caller's attn_mask: more than a key mask says (no kernel for it)
+    cache: KVCache | None
+    start: int | torch.Tensor
+    adapted: Adapted | None
+    kernels: bool  # fused kernels (each falls back to its reference where it cannot run) or references
 
 
 class Attention(nn.Module):
@@ -153,61 +177,57 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attn_mask: torch.Tensor | None,
-        cache: KVCache | None,
-        layer: int,
-        start: int,
-        causal: bool = False,
-        ad: Adapted | None = None,
-    ) -> torch.Tensor:
-        b, t, _ = x.shape
+    def forward(self, x: torch.Tensor, layer: int, p: _Pass) -> torch.Tensor:
         cfg = self.cfg
-        q, k, v = _linear(self.qkv, x, ad, layer, "qkv").split([self.n_q, self.n_kv, self.n_kv], dim=-1)
-        q = q.view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-        k = k.view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = v.view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        if cfg.qk_norm:
-            q = self.q_norm(q)
-            k = self.k_norm(k)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
-        if cache is not None:
-            cache.write(layer, start, k, v)
-            k, v = cache.read(layer)
-        out = attention(q, k, v, attn_mask, causal)
-        return _linear(self.o_proj, out.transpose(1, 2).reshape(b, t, self.n_q), ad, layer, "o_proj")
+        b, t, _ = x.shape
+        qkv = _linear(self.qkv, x, p.adapted, layer, "qkv")
+        norms = (self.q_norm.weight, self.k_norm.weight) if cfg.qk_norm else (None, None)
+        heads = (cfg.num_heads, cfg.num_kv_heads)
+        if p.kernels:  # RoPE (+QK-norm) and the K/V write in one kernel, straight into the cache
+            if p.cache is None:  # keys are this call's own tokens: a scratch K/V
+                k = qkv.new_empty((b, cfg.num_kv_heads, t, cfg.head_dim))
+                v, start, write_mask = torch.empty_like(k), 0, None
+            else:
+                k, v, start = p.cache.k[layer], p.cache.v[layer], p.start
+                write_mask = p.cache.write_mask if t < p.cache.length else None
+            q = rope_qkv_to_cache(
+                qkv, p.cos, p.sin, *heads, k, v, start, *norms, cfg.rms_eps, write_mask=write_mask
+            )
+        else:
+            q, k, v = rope_qkv_reference(qkv, p.cos, p.sin, *heads, *norms, cfg.rms_eps)
+            if p.cache is not None:
+                p.cache.write(layer, int(p.start), k, v)
+                k, v = p.cache.read(layer)
+        return _linear(self.o_proj, attention(q, k, v, p), p.adapted, layer, "o_proj")
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attn_mask: torch.Tensor | None,
-    causal: bool = False,
-) -> torch.Tensor:
-    """Grouped-query attention, bidirectional unless ``causal``. q: [B, H, Tq, D]; k/v:
-    [B, KVH, Tk, D]; attn_mask: bool [B, 1, 1|Tq, Tk] (True = may attend) or None."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: _Pass) -> torch.Tensor:
+    """Grouped-query attention, bidirectional unless ``p.causal``; q: [B, H, Tq, D], k/v: [B, KVH,
+    Tk, D]; returns [B, Tq, H * D], the layout ``o_proj`` reads. The kernel takes a key mask only;
+    attention patterns (causal, Diffill-Coder's causal context with a bidirectional window) and the
+    reference path run torch's SDPA."""
+    b, h, t, d = q.shape
+    if p.kernels and not p.pattern:
+        out = q.new_empty((b, t, h, d))
+        attention_kernel(q, k, v, p.key_mask, out=out.transpose(1, 2))
+        return out.view(b, t, h * d)
     # enable_gqa: query heads share their K/V head without a repeated copy (3x faster backward
     # on the CPU for the adapter's training windows)
-    gqa = q.shape[1] != k.shape[1]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, enable_gqa=gqa)
+    gqa = h != k.shape[1]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=p.attn_mask, is_causal=p.causal, enable_gqa=gqa)
+    return out.transpose(1, 2).reshape(b, t, h * d)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.inter = cfg.intermediate_size
         self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, layer: int = 0, ad: Adapted | None = None) -> torch.Tensor:
-        gate, up = _linear(self.gate_up, x, ad, layer, "gate_up").split(self.inter, dim=-1)
-        return _linear(self.down_proj, F.silu(gate) * up, ad, layer, "down_proj")
+    def forward(self, x: torch.Tensor, layer: int, p: _Pass) -> torch.Tensor:
+        gate_up = _linear(self.gate_up, x, p.adapted, layer, "gate_up")
+        act = swiglu(gate_up) if p.kernels else swiglu_reference(gate_up)
+        return _linear(self.down_proj, act, p.adapted, layer, "down_proj")
 
 
 class Block(nn.Module):
@@ -218,9 +238,17 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask, cache, layer, start, causal=False, ad=None):  # noqa: ANN001
-        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cache, layer, start, causal, ad)
-        return x + self.mlp(self.mlp_norm(x), layer, ad)
+    def forward(
+        self, normed: torch.Tensor, residual: torch.Tensor, next_norm: RMSNorm, layer: int, p: _Pass
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-norm block on ``normed`` = attn_norm(residual); returns the next layer's input
+        normalised by ``next_norm`` (the following block's attn_norm, or the final norm) and the
+        residual stream: each residual add is fused with the norm after it."""
+        norm = add_rmsnorm if p.kernels else add_rmsnorm_reference
+        h = self.attn(normed, layer, p)
+        normed, residual = norm(h, residual, self.mlp_norm.weight, self.mlp_norm.eps)
+        h = self.mlp(normed, layer, p)
+        return norm(h, residual, next_norm.weight, next_norm.eps)
 
 
 class Transformer(nn.Module):
@@ -234,8 +262,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        # fused Triton kernels (diffusion_core/fast_path.py, inference only: they have no backward):
-        # None = on for CUDA inputs when autograd is off; True/False force them on/off
+        # the fused Triton kernels of kernels/ (inference only: they have no backward): None = on
+        # for CUDA inputs; True/False force them on/off (the benchmark's "kernels off" baseline)
         self.use_kernels: bool | None = None
 
     @property
@@ -248,45 +276,52 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         key_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
         causal: bool = False,
         attn_mask: torch.Tensor | None = None,
         adapted: Adapted | None = None,
     ) -> torch.Tensor:
-        """Hidden states after the final norm, [B, T, hidden].
+        """Hidden states after the final norm, [B, T, hidden]. The one forward: each op runs its
+        fused kernel (CUDA, or forced by ``use_kernels``; never with autograd on) or the kernel's
+        plain reference, so training, the CPU and the GPU compute the same function.
 
         key_mask: bool [B, T_total] marking the real (non-padding) keys of the whole canvas; with a
         cache, T_total is the cache length and ``input_ids`` covers ``[start, start + T)``.
+        ``start`` may be a one-element device tensor (CUDA-graph replay, kernels only); the caller
+        then guarantees the window fits the cache.
         causal: each position attends only to itself and earlier ones (the next-token warm-up of
-        training; inference is always bidirectional). Eager path only, no cache; ``key_mask`` is
-        not needed then (right padding never comes before a real token), so SDPA's fused causal
-        path runs instead of an explicit mask.
+        training; inference is always bidirectional). No cache; ``key_mask`` is not needed then
+        (right padding never comes before a real token), so SDPA's fused causal path runs.
         attn_mask: bool [B, 1, T, T_keys] (True = may attend), for attention patterns a key mask
         cannot say (Diffill-Coder's causal context with a bidirectional block); replaces key_mask.
-        adapted: an adapter applied to the rows from ``adapted.rows_from`` on (eager path).
+        adapted: an adapter applied to the rows from ``adapted.rows_from`` on.
         """
-        auto = self.use_kernels is None and input_ids.is_cuda and not torch.is_grad_enabled()
-        plain = not causal and attn_mask is None and adapted is None
-        if (self.use_kernels or auto) and plain:
-            from .fast_path import fast_forward
-
-            return fast_forward(self, input_ids, positions, key_mask, cache, start)
+        if causal and cache is not None:
+            raise ValueError("causal=True is for whole-sequence forwards; pass attn_mask with a cache")
+        on = input_ids.is_cuda if self.use_kernels is None else self.use_kernels
+        kernels = bool(on) and not torch.is_grad_enabled()
         b, t = input_ids.shape
         if positions is None:
-            positions = torch.arange(start, start + t, device=input_ids.device).expand(b, t)
+            s0 = start if isinstance(start, int) else 0
+            positions = torch.arange(s0, s0 + t, device=input_ids.device).expand(b, t)
+            if not isinstance(start, int):
+                positions = positions + start.reshape(1, 1)
         x = self.embed(input_ids)
         if adapted is not None:
             x = adapted.adapter.embed_masks(input_ids, x)
-        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
-        if attn_mask is None and key_mask is not None:
-            attn_mask = key_mask[:, None, None, :]
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        pattern = causal or attn_mask is not None
         if causal:
-            if cache is not None:
-                raise ValueError("causal=True is for whole-sequence forwards; pass attn_mask with a cache")
-            attn_mask = None
+            key_mask = attn_mask = None
+        elif attn_mask is None and key_mask is not None:
+            attn_mask = key_mask[:, None, None, :]
+        p = _Pass(cos, sin, key_mask, attn_mask, causal, pattern, cache, start, adapted, kernels)
+        norms = [blk.attn_norm for blk in self.layers] + [self.norm]
+        norm = add_rmsnorm if kernels else add_rmsnorm_reference
+        normed, residual = norm(x, None, norms[0].weight, norms[0].eps)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, attn_mask, cache, i, start, causal, adapted)
-        return self.norm(x)
+            normed, residual = layer(normed, residual, norms[i + 1], i, p)
+        return normed
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head in fp32 (the sampler compares probabilities, so keep them precise)."""
@@ -306,3 +341,16 @@ class Transformer(nn.Module):
         return KVCache(
             self.cfg.num_layers, batch, self.cfg.num_kv_heads, length, self.cfg.head_dim, p.dtype, p.device
         )
+
+
+def token_stats(
+    model: nn.Module,
+    hidden: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    logit_bias: torch.Tensor | None = None,
+) -> TokenStats:
+    """Greedy decision statistics (argmax, its probability, entropy, top-2 margin) for the chosen
+    rows of ``hidden`` without materialising the logits; ``logit_bias`` fp32 [V] (-inf bans a token).
+    Matches ``stats_from_logits(model.logits(hidden[rows]) + bias)`` up to the bf16 rounding that
+    ``model.logits`` applies and this does not."""
+    return lm_head_stats(hidden, model.head_weight, rows, logit_bias)

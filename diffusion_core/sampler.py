@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from .families import FamilySpec
-from .fast_path import TokenStats, token_stats
 from .interface import CONFIDENCE_KINDS, CancelCheck, Cancelled, SamplingOptions  # noqa: F401 - re-exported (torch-free)
+from .model import TokenStats, token_stats
 
 
 @dataclass

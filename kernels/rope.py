@@ -17,7 +17,7 @@ import torch
 from ._common import can_launch, launches, next_pow2, tl, triton
 from .rmsnorm import rmsnorm_reference
 
-__all__ = ["rope_qkv_to_cache", "rope_qkv_to_cache_reference"]
+__all__ = ["rope_qkv_reference", "rope_qkv_to_cache", "rope_qkv_to_cache_reference"]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -26,6 +26,32 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
     return (xf * cos.float()[:, None] + rotated * sin.float()[:, None]).to(x.dtype)
+
+
+def rope_qkv_reference(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused projection split into heads, QK-normed (Qwen3) and rotated: Q and K rotated,
+    V as it is, each [B, heads, T, D]. No buffers are written, so autograd runs through it (the
+    model's training forward uses it)."""
+    b, t, _ = qkv.shape
+    d = cos.shape[-1]
+    q, k, v = qkv.split([num_heads * d, num_kv_heads * d, num_kv_heads * d], dim=-1)
+    q = q.reshape(b, t, num_heads, d).transpose(1, 2)
+    k = k.reshape(b, t, num_kv_heads, d).transpose(1, 2)
+    v = v.reshape(b, t, num_kv_heads, d).transpose(1, 2)
+    if q_norm_weight is not None:
+        q = rmsnorm_reference(q, q_norm_weight, eps)
+    if k_norm_weight is not None:
+        k = rmsnorm_reference(k, k_norm_weight, eps)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
 
 def rope_qkv_to_cache_reference(
@@ -47,25 +73,15 @@ def rope_qkv_to_cache_reference(
     [B, KVH, L, D] (written at ``[start, start + T)``); write_mask: bool [B, L] or None, the cache
     positions that may be written (others keep their K/V, see ``KVCache.write_mask``). Returns Q
     rotated, [B, H, T, D]."""
-    b, t, _ = qkv.shape
-    d = cos.shape[-1]
-    q, k, v = qkv.split([num_heads * d, num_kv_heads * d, num_kv_heads * d], dim=-1)
-    q = q.reshape(b, t, num_heads, d).transpose(1, 2)
-    k = k.reshape(b, t, num_kv_heads, d).transpose(1, 2)
-    v = v.reshape(b, t, num_kv_heads, d).transpose(1, 2)
-    if q_norm_weight is not None:
-        q = rmsnorm_reference(q, q_norm_weight, eps)
-    if k_norm_weight is not None:
-        k = rmsnorm_reference(k, k_norm_weight, eps)
+    t = qkv.shape[1]
+    q, k, v = rope_qkv_reference(qkv, cos, sin, num_heads, num_kv_heads, q_norm_weight, k_norm_weight, eps)
     s = int(start)
-    k = _rotate(k, cos, sin)
     if write_mask is not None:
         keep = ~write_mask[:, None, s : s + t, None]
         k = torch.where(keep, k_cache[:, :, s : s + t], k)
         v = torch.where(keep, v_cache[:, :, s : s + t], v)
     k_cache[:, :, s : s + t] = k
     v_cache[:, :, s : s + t] = v
-    q = _rotate(q, cos, sin)
     if q_out is None:
         return q
     q_out.copy_(q)

@@ -84,7 +84,7 @@ def test_full_canvas_and_window_match(kind, dtype, device) -> None:  # noqa: ANN
 
     # the LM-head epilogue agrees with full logits on the window's rows
     if dtype == torch.float32:
-        from diffusion_core.fast_path import token_stats
+        from diffusion_core.model import token_stats
 
         rows = torch.tensor([0, 3, 16, 20, 33], device=device)
         stats = token_stats(model, win[True], rows)
@@ -102,3 +102,70 @@ def test_default_switch_is_cuda_only() -> None:
     with torch.inference_mode():
         model(ids, positions, key_mask)
     assert sum(_common.launches.values()) == before  # CPU input: the reference path
+
+
+class _LowRankAdapter:
+    """A stand-in for Diffill-Coder's adapter (the model's RowAdapter protocol): a fixed random
+    low-rank delta on every linear and an embedding for the mask token."""
+
+    mask_id = 299
+
+    def __init__(self, model: Transformer) -> None:
+        g = torch.Generator().manual_seed(3)
+        blk = model.layers[0]
+        self.w = {}
+        for name, lin in (
+            ("qkv", blk.attn.qkv),
+            ("o_proj", blk.attn.o_proj),
+            ("gate_up", blk.mlp.gate_up),
+            ("down_proj", blk.mlp.down_proj),
+        ):
+            a = torch.randn(lin.in_features, 4, generator=g) * 0.1
+            self.w[name] = (a, torch.randn(4, lin.out_features, generator=g) * 0.1)
+        self.emb = torch.randn(model.cfg.hidden_size, generator=g)
+
+    def delta(self, layer: int, name: str, x: torch.Tensor) -> torch.Tensor:
+        a, b = (t.to(x.device) for t in self.w[name])
+        return (x.float() @ a @ b).to(x.dtype) * (layer + 1)
+
+    def embed_masks(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.where((ids == self.mask_id)[..., None], self.emb.to(x), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_the_coder_step_matches_with_kernels_on(dtype, device) -> None:  # noqa: ANN001
+    """Diffill-Coder's calls (a causal context into the cache, then committed rows plus a masked
+    window with the adapter under an attention pattern) run the same forward: with kernels on, the
+    norms, RoPE + cache write and SwiGLU are fused and the patterned attention is SDPA."""
+    from diffusion_core.coder.sampler import step_mask
+    from diffusion_core.model import Adapted
+
+    model = _model("qwen3", dtype, device)
+    adapter = _LowRankAdapter(model)
+    ctx = torch.randint(0, 290, (1, 30), generator=torch.Generator().manual_seed(4)).to(device)
+    step = torch.tensor([[7, 8] + [adapter.mask_id] * 5], device=device)
+    outs, caches = {}, {}
+    for on in (False, True):
+        cache = caches[on] = model.new_cache(1, 40)
+        _run(model, on, ctx, cache=cache, start=0, attn_mask=step_mask(0, 30, 0, 40, device))
+        mask = step_mask(30, 2, 5, 40, device)
+        outs[on] = _run(model, on, step, cache=cache, start=30, attn_mask=mask, adapted=Adapted(adapter, 2))
+    torch.testing.assert_close(outs[True].float(), outs[False].float(), **TOL[dtype])
+    torch.testing.assert_close(caches[True].k.float(), caches[False].k.float(), **TOL[dtype])
+    # the adapter really acted on the window rows (and only there)
+    with torch.inference_mode():
+        model.use_kernels = False
+        plain = model(step, cache=model.new_cache(1, 40), start=30, attn_mask=mask)
+    assert not torch.allclose(plain[0, 2:].float(), outs[False][0, 2:].float(), atol=1e-2)
+
+
+def test_autograd_never_runs_the_kernels(device) -> None:  # noqa: ANN001
+    """Training's forward: kernels forced on, but they have no backward, so with autograd on every
+    op runs its reference (and gradients reach the weights)."""
+    model = _model("qwen2", torch.float32, device)
+    model.use_kernels = True
+    ids, positions, key_mask = _canvas(2, 12, device)
+    before = sum(_common.launches.values())
+    model(ids, positions, key_mask).float().pow(2).mean().backward()
+    assert sum(_common.launches.values()) == before
+    assert model.layers[0].mlp.gate_up.weight.grad is not None
