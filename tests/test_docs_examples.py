@@ -8,7 +8,6 @@ against a live server in tests/http/test_team_server_doc.py.
 
 from __future__ import annotations
 
-import importlib.metadata
 import shlex
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from docs_blocks import DOCS, REPO, blocks, diffill_commands
 
 from diffill.cli import build_parser
-from diffusion_core.coder.base import BASE_PARTS
+from diffusion_core.coder.base import base_installed
 
 
 def test_every_doc_names_some_commands() -> None:
@@ -40,15 +39,8 @@ def test_every_diffill_command_in_the_docs_parses(doc) -> None:
                 assert (REPO / word).exists(), f"{doc.name}: `{line}` names {word}, which does not exist"
 
 
-def _base_installed() -> bool:
-    try:
-        return all(importlib.metadata.version(p.package) for p in BASE_PARTS)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _base_installed(), reason="Diffill-Coder's base weights are not installed")
+@pytest.mark.skipif(not base_installed(), reason="Diffill-Coder's base weights are not installed")
 def test_the_readme_library_example_runs_on_the_default_model() -> None:
     (code,) = [b for b in blocks(REPO / "README.md", "python") if "Engine.from_pretrained" in b]
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -7,7 +7,6 @@ weights packages are missing.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import re
 import shlex
@@ -17,21 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_core.coder.base import BASE_PARTS
+from diffusion_core.coder.base import base_installed
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _base_installed() -> bool:
-    try:
-        return all(importlib.metadata.version(p.package) for p in BASE_PARTS)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not _base_installed(), reason="Diffill-Coder's base weights are not installed"),
+    pytest.mark.skipif(not base_installed(), reason="Diffill-Coder's base weights are not installed"),
 ]
 
 
