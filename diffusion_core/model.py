@@ -343,6 +343,36 @@ class Transformer(nn.Module):
         )
 
 
+def random_transformer(
+    cfg: ModelConfig,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Transformer:
+    """A seeded random model (tests, and ``diffill bench``'s model shapes that have no weights
+    here) whose activations and logits stay O(1) at any width: fan-in scaled weights, norms near
+    1. Parameters are made on ``device`` in ``dtype`` directly (a 7B shape in fp32 on the host
+    would need 30 GB and minutes of init); the same seed gives the same weights."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Transformer(ModelConfig(**cfg.to_dict()))
+    finally:
+        torch.set_default_dtype(old)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, device=device)
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.02 * noise)
+            else:
+                p.copy_(noise * p.shape[-1] ** -0.5)
+    return model
+
+
 def token_stats(
     model: nn.Module,
     hidden: torch.Tensor,

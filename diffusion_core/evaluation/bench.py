@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from diffusion_core.families import FamilySpec
-from diffusion_core.model import ModelConfig, Transformer
+from diffusion_core.model import ModelConfig, Transformer, random_transformer
 from diffusion_core.sampler import Canvas, SamplingOptions, reference_sample, sample_batch
 
 __all__ = ["SHAPES", "BenchConfig", "run_bench", "main_args"]
@@ -121,23 +121,8 @@ class Cell:
 
 # ------------------------------------------------------------------------------------ models
 def _random_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> Transformer:
-    """Parameters created directly on the device in the target dtype (a 7B model in fp32 on the
-    host would need 30 GB and minutes of init); the same weights on every run (seed 0)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Transformer(ModelConfig(**cfg.to_dict()))
-    finally:
-        torch.set_default_dtype(old)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
-    return model.eval()
+    """The shape's random model (seed 0: the same weights on every run), for inference."""
+    return random_transformer(cfg, 0, device, dtype).eval()
 
 
 def _coder_parts(model: Transformer) -> tuple:

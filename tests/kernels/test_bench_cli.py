@@ -39,7 +39,7 @@ def test_bench_cpu_smoke(tmp_path: Path) -> None:
 
 def test_bench_coder_step_on_a_small_coder_shape(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """The coder variant runs Diffill-Coder's step (one committed row + the window, adapter on)
-    and reports one token per forward on random weights; the AR peer runs beside it."""
+    and reports its forwards for the 12-token middle; the AR peer runs beside it."""
     from diffusion_core.evaluation import bench
     from diffusion_core.model import ModelConfig
 
@@ -57,6 +57,8 @@ def test_bench_coder_step_on_a_small_coder_shape(tmp_path: Path, monkeypatch) ->
     result = json.loads(js.read_text())
     cells = {c["variant"]: c for c in result["cells"]}
     assert set(cells) == {"coder", "ar"}
-    assert cells["coder"]["steps"] == 12  # nothing drafted on random weights: one token per forward
+    # every forward commits a token; a draft the base refuses (random weights) costs one more
+    steps = cells["coder"]["steps"]
+    assert 12 <= steps < 24
     (row,) = result["rows"]
-    assert row["tokens_per_s_vs_ar"] is not None and row["steps"] == 12
+    assert row["tokens_per_s_vs_ar"] is not None and row["steps"] == steps
