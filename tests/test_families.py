@@ -522,3 +522,24 @@ def test_engine_loads_a_family_dir(family_dirs: dict) -> None:
     assert info["family"] == "dream" and info["shifted_logits"] is True
     assert info["length_policy"] == "expand"
     assert info["mask_id"] == eng.tokenizer.token_to_id("<|mask|>")
+
+
+@pytest.mark.parametrize(
+    ("family", "want_pad"),
+    [("dream", 1), ("open_dcoder", 1), ("coda", 2), ("llada", 2)],
+)
+def test_each_family_takes_its_pad_from_its_own_source(family: str, want_pad: int) -> None:
+    """Where tokenizer_config.json and config.json name different pads, the Dream-style families
+    take the tokenizer's (DiffuCoder pads answers with it) and CoDA and LLaDA the config's: the
+    order each family states in one place (``eos_pad``'s ``pad_from``)."""
+    from model_fixtures import tiny_tokenizer
+
+    from diffusion_core.families import coda, dream, llada, open_dcoder
+    from diffusion_core.families.spec import TokenizerInfo
+
+    tok = tiny_tokenizer()  # ids: <|endoftext|> 0, <|mask|> 1, <|begin|> 2
+    config = {"eos_token_id": 0, "pad_token_id": 2, "mask_token_id": 1}
+    info = TokenizerInfo(eos="<|endoftext|>", pad="<|mask|>", mask="<|mask|>")
+    build = {"dream": dream, "open_dcoder": open_dcoder, "coda": coda, "llada": llada}[family].build
+    spec = build(config, tok, info)
+    assert spec.pad_id == want_pad and 0 in spec.eos_ids

@@ -6,13 +6,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .spec import (
-    FamilyError,
     FamilySpec,
     TokenizerInfo,
-    config_ids,
+    eos_pad,
     make_spec,
     mask_id_of,
-    tok_id,
     unique,
 )
 
@@ -30,15 +28,7 @@ def build(config: Mapping[str, Any], tok: Tokenizer, info: TokenizerInfo) -> Fam
     config class default when config.json omits it), pad ``<|endoftext|>``. Its tokenizer
     declares ``<|im_end|>`` as bos but never adds it, so nothing goes before the prefix."""
     mask = mask_id_of(config, tok, (info.mask, "<|mask|>"), "coda")
-    eos = (
-        config_ids(config, "eos_token_id")
-        or [i for i in (tok_id(tok, info.eos), tok.token_to_id("<|im_end|>")) if i is not None][:1]
-    )
-    if not eos:
-        raise FamilyError("missing eos token for the coda family: no 'eos_token_id' and no '<|im_end|>'")
-    pads = config_ids(config, "pad_token_id")
-    pad = pads[0] if pads else tok_id(tok, info.pad)
-    pad = pad if pad is not None else eos[0]
+    eos, pad = eos_pad(config, tok, info, "<|im_end|>", "coda", pad_from=("config", "tokenizer"))
     return make_spec(
         name="coda",
         shifted=True,

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from .spec import (
     FamilySpec,
     TokenizerInfo,
-    config_ids,
     eos_pad,
     make_spec,
     mask_id_of,
@@ -30,9 +29,7 @@ def build(config: Mapping[str, Any], tok: Tokenizer, info: TokenizerInfo) -> Fam
     reference sampler also stops on ``<|eot_id|>`` for the Instruct model; its tokenizer
     prepends bos, so the bos goes before the prefix."""
     mask = mask_id_of(config, tok, (info.mask, "<|mdm_mask|>"), "llada")
-    eos, _ = eos_pad(config, tok, info, "<|endoftext|>", "llada")
-    pads = config_ids(config, "pad_token_id")
-    pad = pads[0] if pads else eos[0]
+    eos, pad = eos_pad(config, tok, info, "<|endoftext|>", "llada", pad_from=("config",))
     bos = tok_id(tok, info.bos) if info.add_bos else None
     return make_spec(
         name="llada",

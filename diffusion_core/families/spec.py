@@ -133,8 +133,18 @@ def mask_id_of(
 
 
 def eos_pad(
-    config: Mapping[str, Any], tok: Tokenizer, info: TokenizerInfo, default_eos: str, family: str
+    config: Mapping[str, Any],
+    tok: Tokenizer,
+    info: TokenizerInfo,
+    default_eos: str,
+    family: str,
+    pad_from: tuple[str, ...] = ("tokenizer", "config"),
 ) -> tuple[list[int], int]:
+    """A family's end tokens and pad: eos from config.json, else the tokenizer's declared eos,
+    else ``default_eos``; the pad from the first of ``pad_from`` that names one ("tokenizer":
+    tokenizer_config.json's pad token, "config": config.json's ``pad_token_id``), else the eos.
+    The order is the family's (the one place it is said): DiffuCoder's tokenizer pad differs from
+    its config's, and its reference code pads with the tokenizer's."""
     eos = config_ids(config, "eos_token_id")
     if not eos:
         tid = tok_id(tok, info.eos) if info.eos else None
@@ -145,8 +155,13 @@ def eos_pad(
                 f"{info.eos or default_eos!r} in the tokenizer"
             )
         eos = [tid]
-    pad = tok_id(tok, info.pad)
-    if pad is None:
-        pads = config_ids(config, "pad_token_id")
-        pad = pads[0] if pads else eos[0]
-    return eos, pad
+    pad = None
+    for source in pad_from:
+        if source == "tokenizer":
+            pad = tok_id(tok, info.pad)
+        else:
+            pads = config_ids(config, "pad_token_id")
+            pad = pads[0] if pads else None
+        if pad is not None:
+            break
+    return eos, pad if pad is not None else eos[0]
