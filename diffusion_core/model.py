@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffill_kernels.attention import attention as attention_kernel
-from diffill_kernels.lm_head import TokenStats, lm_head_stats
 from diffill_kernels.rmsnorm import add_rmsnorm, add_rmsnorm_reference, rmsnorm_reference
 from diffill_kernels.rope import rope_qkv_reference, rope_qkv_to_cache
 from diffill_kernels.swiglu import swiglu, swiglu_reference
@@ -163,6 +162,7 @@ class _Pass:
     start: int | torch.Tensor
     adapted: Adapted | None
     kernels: bool  # fused kernels (each falls back to its reference where it cannot run) or references
+    scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # kernels, no cache: K/V all layers reuse
 
 
 class Attention(nn.Module):
@@ -179,14 +179,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, layer: int, p: _Pass) -> torch.Tensor:
         cfg = self.cfg
-        b, t, _ = x.shape
+        t = x.shape[1]
         qkv = _linear(self.qkv, x, p.adapted, layer, "qkv")
         norms = (self.q_norm.weight, self.k_norm.weight) if cfg.qk_norm else (None, None)
         heads = (cfg.num_heads, cfg.num_kv_heads)
         if p.kernels:  # RoPE (+QK-norm) and the K/V write in one kernel, straight into the cache
-            if p.cache is None:  # keys are this call's own tokens: a scratch K/V
-                k = qkv.new_empty((b, cfg.num_kv_heads, t, cfg.head_dim))
-                v, start, write_mask = torch.empty_like(k), 0, None
+            if p.cache is None:  # keys are this call's own tokens: the forward's scratch K/V
+                (k, v), start, write_mask = p.scratch, 0, None
             else:
                 k, v, start = p.cache.k[layer], p.cache.v[layer], p.start
                 write_mask = p.cache.write_mask if t < p.cache.length else None
@@ -316,6 +315,9 @@ class Transformer(nn.Module):
         elif attn_mask is None and key_mask is not None:
             attn_mask = key_mask[:, None, None, :]
         p = _Pass(cos, sin, key_mask, attn_mask, causal, pattern, cache, start, adapted, kernels)
+        if kernels and cache is None:
+            k = x.new_empty((b, self.cfg.num_kv_heads, t, self.cfg.head_dim))
+            p.scratch = (k, torch.empty_like(k))
         norms = [blk.attn_norm for blk in self.layers] + [self.norm]
         norm = add_rmsnorm if kernels else add_rmsnorm_reference
         normed, residual = norm(x, None, norms[0].weight, norms[0].eps)
@@ -371,16 +373,3 @@ def random_transformer(
             else:
                 p.copy_(noise * p.shape[-1] ** -0.5)
     return model
-
-
-def token_stats(
-    model: nn.Module,
-    hidden: torch.Tensor,
-    rows: torch.Tensor | None = None,
-    logit_bias: torch.Tensor | None = None,
-) -> TokenStats:
-    """Greedy decision statistics (argmax, its probability, entropy, top-2 margin) for the chosen
-    rows of ``hidden`` without materialising the logits; ``logit_bias`` fp32 [V] (-inf bans a token).
-    Matches ``stats_from_logits(model.logits(hidden[rows]) + bias)`` up to the bf16 rounding that
-    ``model.logits`` applies and this does not."""
-    return lm_head_stats(hidden, model.head_weight, rows, logit_bias)

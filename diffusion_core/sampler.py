@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from diffill_kernels.lm_head import TokenStats, lm_head_stats
+
 from .families import FamilySpec
 from .interface import CONFIDENCE_KINDS, CancelCheck, Cancelled, SamplingOptions  # noqa: F401 - re-exported (torch-free)
-from .model import TokenStats, token_stats
 
 
 @dataclass
@@ -299,7 +300,9 @@ def _sample_rows(
                 tok, conf = _score(logits, opts, gen)
             else:
                 # greedy: the LM-head epilogue reduces over the vocabulary without full logits
-                tok, conf = _confidence(token_stats(model, hidden, None, bias), opts, model.cfg.vocab_size)
+                tok, conf = _confidence(
+                    lm_head_stats(hidden, model.head_weight, None, bias), opts, model.cfg.vocab_size
+                )
 
             # per-row commit counts, then top-k by confidence within each row
             conf_grid = torch.full(blk_masked.shape, -1.0, device=device)
