@@ -212,20 +212,21 @@ class Engine:
         dtype: str | torch.dtype | None = None,
         base: str | Path | None = None,
         progress: bool = True,
-        quantize: bool | None = None,
+        weights: str | None = None,
     ) -> Engine:
         """Load a Hugging Face-format directory, a Diffill-Coder adapter directory (with its base
         from the cache, or ``base``), or the default model when ``path`` is None.
 
         bf16 on CUDA; on the CPU fp32, except Diffill-Coder, which takes bf16 where it measures
-        faster, and weight-only int8 for few-row calls where that measures faster (``quantize``
-        forces it on or off). Never runs code from the directory: safetensors and JSON only.
+        faster and the fastest CPU weight format measured here (``weights``: plain, int8 or
+        fp16 forces one; see ``load_coder``). Never runs code from the directory: safetensors
+        and JSON only.
         """
         from .coder.load import is_coder_dir, load_coder
 
         root = resolve_model_path(path)
         if is_coder_dir(root):
-            lc = load_coder(root, base=base, device=device, dtype=dtype, progress=progress, quantize=quantize)
+            lc = load_coder(root, base=base, device=device, dtype=dtype, progress=progress, weights=weights)
             engine = cls(
                 model=lc.model,
                 tokenizer=lc.tokenizer,
@@ -240,7 +241,7 @@ class Engine:
                     "base": str(lc.base_dir),
                     "adapter": str(lc.adapter_dir),
                     "adapter_parameters": sum(p.numel() for p in lc.adapter.parameters()),
-                    "int8_weights_mb": round(lc.int8_bytes / 2**20, 1),
+                    "cpu_weights": {"format": lc.weights, "added_mb": round(lc.weights_bytes / 2**20, 1)},
                     "draft_window": lc.window.about(),
                     "training": {k: v for k, v in lc.config.get("training", {}).items() if k != "history"},
                 },

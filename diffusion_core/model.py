@@ -37,6 +37,7 @@ from diffill_kernels.rmsnorm import add_rmsnorm, add_rmsnorm_reference, rmsnorm_
 from diffill_kernels.rope import rope_qkv_reference, rope_qkv_to_cache
 from diffill_kernels.swiglu import swiglu, swiglu_reference
 
+from .fp16_weights import pack_linears, use_fp16
 from .int8 import quantize_linears, use_int8
 from .kv_cache import KVCache
 
@@ -109,7 +110,8 @@ class Adapted:
 
 
 def _linear(lin: nn.Linear, x: torch.Tensor, ad: Adapted | None, layer: int, name: str) -> torch.Tensor:
-    q = use_int8(lin, x)  # a few rows, weights quantized (diffusion_core/int8.py): the int8 kernel
+    # weights quantized for a few rows (diffusion_core/int8.py) or packed in fp16 (fp16_weights.py)
+    q = use_int8(lin, x) or use_fp16(lin, x)
     y = lin(x) if q is None else q.matmul(x) if lin.bias is None else q.matmul(x) + lin.bias
     if ad is None or ad.rows_from >= x.shape[1]:
         return y
@@ -206,6 +208,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: _Pass) -> to
     attention patterns (causal, Diffill-Coder's causal context with a bidirectional window) and the
     reference path run torch's SDPA."""
     b, h, t, d = q.shape
+    if p.attn_mask is not None and p.attn_mask.shape[-1] < k.shape[2]:  # keys past the mask are not read
+        k, v = k[:, :, : p.attn_mask.shape[-1]], v[:, :, : p.attn_mask.shape[-1]]
     if p.kernels and not p.pattern:
         out = q.new_empty((b, t, h, d))
         attention_kernel(q, k, v, p.key_mask, out=out.transpose(1, 2))
@@ -293,6 +297,7 @@ class Transformer(nn.Module):
         (right padding never comes before a real token), so SDPA's fused causal path runs.
         attn_mask: bool [B, 1, T, T_keys] (True = may attend), for attention patterns a key mask
         cannot say (Diffill-Coder's causal context with a bidirectional block); replaces key_mask.
+        With a cache, T_keys may be shorter than the cache: keys past it are not read at all.
         adapted: an adapter applied to the rows from ``adapted.rows_from`` on.
         """
         if causal and cache is not None:
@@ -327,7 +332,8 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head in fp32 (the sampler compares probabilities, so keep them precise)."""
-        q = None if self.lm_head is None else use_int8(self.lm_head, hidden)
+        head = self.embed if self.lm_head is None else self.lm_head
+        q = (None if self.lm_head is None else use_int8(self.lm_head, hidden)) or use_fp16(head, hidden)
         return (F.linear(hidden, self.head_weight) if q is None else q.matmul(hidden)).float()
 
     def quantize_int8(self) -> int:
@@ -337,6 +343,13 @@ class Transformer(nn.Module):
         if self.lm_head is not None:
             linears.append(self.lm_head)
         return quantize_linears(linears)
+
+    def pack_fp16(self) -> int:
+        """fp16-packed weights for every inference matmul on the CPU: every block linear and the
+        LM head (tied: the embedding, whose rows are then the fp16-rounded values too); returns
+        the bytes added. See diffusion_core/fp16_weights.py."""
+        linears = [m for blk in self.layers for m in blk.modules() if isinstance(m, nn.Linear)]
+        return pack_linears([*linears, self.embed if self.lm_head is None else self.lm_head])
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         p = self.head_weight

@@ -17,9 +17,10 @@ __all__ = [
     "cpu_name",
     "cpu_threads",
     "fit_threads",
-    "int8_is_faster",
-    "int8_wanted",
+    "WEIGHT_FORMATS",
+    "cpu_weights",
     "matmul_speeds",
+    "weight_format_speeds",
 ]
 
 
@@ -55,6 +56,17 @@ def fit_threads() -> int:
     return torch.get_num_threads()
 
 
+def _best_seconds(f, repeats: int) -> float:  # noqa: ANN001
+    f()  # warm-up (the BLAS / fbgemm pick their kernels)
+    t = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            f()
+        t = min(t, (time.perf_counter() - t0) / 4)
+    return t
+
+
 @functools.lru_cache(maxsize=1)
 def matmul_speeds(n: int = 896, rows: int = 64, repeats: int = 6) -> dict[str, float]:
     """Seconds per [rows, n] x [n, 4n] matmul in fp32 and bf16 (best of ``repeats``): the shape
@@ -63,14 +75,7 @@ def matmul_speeds(n: int = 896, rows: int = 64, repeats: int = 6) -> dict[str, f
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(rows, n, dtype=dt)
         b = torch.randn(4 * n, n, dtype=dt)
-        torch.nn.functional.linear(a, b)  # warm-up (oneDNN picks its kernel)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(4):
-                torch.nn.functional.linear(a, b)
-            best = min(best, (time.perf_counter() - t0) / 4)
-        out[name] = best
+        out[name] = _best_seconds(lambda a=a, b=b: torch.nn.functional.linear(a, b), repeats)
     return out
 
 
@@ -86,42 +91,61 @@ def bf16_is_faster(margin: float = 1.2) -> bool:
     return s["bf16"] * margin < s["fp32"]
 
 
-@functools.lru_cache(maxsize=4)
-def int8_is_faster(dtype: torch.dtype, margin: float = 1.3, n: int = 896, repeats: int = 8) -> bool:
-    """True when a one-row [1, n] x [n, 5n] matmul with weight-only int8 measures at least
-    ``margin`` times faster than in ``dtype`` here (the memory-bound shape of a decoding step).
-    Measured each time it is asked in a new process (cached)."""
-    from .int8 import Int8Weight, int8_available
+WEIGHT_FORMATS = ("plain", "int8", "fp16")  # how the CPU holds the matmul weights (see load_coder)
 
-    if not int8_available():
-        return False
+
+def _can_run(fmt: str, dtype: torch.dtype) -> bool:
+    from .fp16_weights import fp16_available
+    from .int8 import int8_available
+
+    if fmt == "int8":
+        return int8_available()
+    if fmt == "fp16":
+        return dtype == torch.float32 and fp16_available()
+    return fmt == "plain"
+
+
+@functools.lru_cache(maxsize=4)
+def weight_format_speeds(dtype: torch.dtype, n: int = 896, repeats: int = 8) -> dict[str, float]:
+    """Seconds per one-row [1, n] x [n, 5n] matmul (the memory-bound shape of a decoding step)
+    for each weight format this build runs with ``dtype`` activations: ``plain`` (the weight in
+    ``dtype``), ``int8`` (diffusion_core/int8.py), ``fp16`` (fp16_weights.py, fp32 only).
+    Measured once per process."""
+    from .fp16_weights import Fp16Weight
+    from .int8 import Int8Weight
+
     w = torch.randn(5 * n, n, dtype=dtype)
     x = torch.randn(1, n, dtype=dtype)
-    q = Int8Weight.quantize(w)
-
-    def best(f) -> float:  # noqa: ANN001
-        f()
-        t = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(4):
-                f()
-            t = min(t, (time.perf_counter() - t0) / 4)
-        return t
-
-    try:
-        fast = best(lambda: q.matmul(x))
-    except RuntimeError:  # no int8 kernel for this dtype on this build
-        return False
-    return fast * margin < best(lambda: torch.nn.functional.linear(x, w))
+    out = {"plain": _best_seconds(lambda: torch.nn.functional.linear(x, w), repeats)}
+    if _can_run("int8", dtype):
+        q = Int8Weight.quantize(w)
+        try:
+            out["int8"] = _best_seconds(lambda: q.matmul(x), repeats)
+        except RuntimeError:  # no int8 kernel for this dtype on this build
+            pass
+    if _can_run("fp16", dtype):
+        h = Fp16Weight.pack(w)
+        out["fp16"] = _best_seconds(lambda: h.matmul(x), repeats)
+    return out
 
 
-def int8_wanted(dtype: torch.dtype) -> bool:
-    """``DIFFILL_INT8``: ``1`` on, ``0`` off, ``auto`` (the default) where :func:`int8_is_faster`."""
-    mode = os.environ.get("DIFFILL_INT8", "auto").lower()
-    if mode == "auto":
-        return int8_is_faster(dtype)
-    return mode in ("1", "on", "true")
+def cpu_weights(dtype: torch.dtype, forced: str | None = None, margin: float = 1.3) -> str:
+    """The weight format for a CPU model with ``dtype`` activations: ``forced`` when given, else
+    ``$DIFFILL_WEIGHTS``; ``auto`` (the default) is the fastest of :func:`weight_format_speeds`
+    when it is at least ``margin`` times faster than ``plain``, else ``plain``. A format this
+    build or dtype cannot run (``fp16`` needs fp32 activations) or an unknown value is refused
+    with a ValueError that names it."""
+    where = "weights" if forced is not None else "DIFFILL_WEIGHTS"
+    mode = (forced if forced is not None else os.environ.get("DIFFILL_WEIGHTS", "auto")).strip().lower()
+    if mode == "auto" or not mode:
+        speeds = weight_format_speeds(dtype)
+        best = min(speeds, key=speeds.get)
+        return best if speeds[best] * margin < speeds["plain"] else "plain"
+    if mode not in WEIGHT_FORMATS:
+        raise ValueError(f"{where}={mode!r}: use auto, {', '.join(WEIGHT_FORMATS)}")
+    if not _can_run(mode, dtype):
+        raise ValueError(f"{where}={mode!r}: this build cannot run {mode} weights with {dtype} inputs")
+    return mode
 
 
 # --------------------------------------------------------------------------------- devices / dtypes

@@ -51,7 +51,7 @@ def sampling_options(args: argparse.Namespace):  # noqa: ANN201
     )
 
 
-def load_engine(args: argparse.Namespace, quantize: bool | None = None):  # noqa: ANN201
+def load_engine(args: argparse.Namespace, weights: str | None = None):  # noqa: ANN201
     """The engine the flags name; a model that cannot be loaded is a one-line CommandError."""
     from diffusion_core.engine import Engine
 
@@ -59,7 +59,7 @@ def load_engine(args: argparse.Namespace, quantize: bool | None = None):  # noqa
 
     try:
         return Engine.from_pretrained(
-            args.model, device=args.device, dtype=args.dtype, base=args.base, quantize=quantize
+            args.model, device=args.device, dtype=args.dtype, base=args.base, weights=weights
         )
     except (ValueError, OSError) as e:  # CheckpointError / BaseWeightsError name the bad file or package
         raise CommandError(f"cannot load the model: {e}") from None

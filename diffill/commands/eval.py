@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run several decoders in one interleaved run, e.g. ar,q1.0,q0.7,q0.3,tiny: ar = greedy "
         "decoding of the base alone, qX = the model at quality X, tiny = the 1.3M test model, "
         "llama.cpp = the same GGUF through llama-cpp-python (if installed); qX/wN sets the window to N, "
-        "a +int8 suffix uses weight-only int8 for few-row calls",
+        "a +plain, +int8 or +fp16 suffix forces that CPU weight format (default: as measured at load)",
     )
     p.add_argument("--out-dir", metavar="DIR", help="with --compare: write JSON, markdown and samples here")
 
@@ -136,7 +136,7 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
     from diffusion_core.engine import Engine, tiny_model_dir
     from diffusion_core.evaluation.compare import Decoder, compare, markdown_table, write_results
     from diffusion_core.interface import SamplingOptions
-    from diffusion_core.runtime import cpu_name
+    from diffusion_core.runtime import WEIGHT_FORMATS, cpu_name
 
     from . import CommandError
     from ._model_args import load_engine
@@ -146,7 +146,7 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
     names = [n.strip() for n in args.compare.split(",") if n.strip()]
     long = 64 if args.subset.startswith("single-line") else 128
     main = None
-    engines: dict[str, object] = {}  # "" = no int8, "int8" = weight-only int8 for few-row calls
+    engines: dict[str, object] = {}  # "" = the weight format measured at load, else the one forced
     decoders = []
     for name in names:
         if name == "tiny":
@@ -164,17 +164,21 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
                 raise CommandError(str(e)) from None
             decoders.append(Decoder(f"{peer.model_id}, greedy", peer, None, long))
             continue
-        base_name, _, variant = name.partition("+")  # "+int8": the weight-only int8 engine
-        if variant not in ("", "int8"):
-            raise CommandError(f"--compare: unknown variant {variant!r} in {name!r} (only +int8)")
+        base_name, _, variant = name.partition("+")  # "+fp16": that CPU weight format, forced
+        if variant not in ("", *WEIGHT_FORMATS):
+            raise CommandError(
+                f"--compare: unknown variant {variant!r} in {name!r} (+{', +'.join(WEIGHT_FORMATS)})"
+            )
         if variant not in engines:
-            # explicit both ways, so a row's label says what ran (int8 is otherwise chosen per CPU)
-            engines[variant] = load_engine(args, quantize=variant == "int8")
+            engines[variant] = load_engine(args, weights=variant or None)
             # every decoder pays for its own prompt: with the shared K/V cache the second decoder
             # on a task would get the first one's context for free
             engines[variant].prefix_cache = None
         eng = main = engines[variant]
-        tag = " + int8" if variant else (" (bf16)" if eng.dtype == torch.bfloat16 else "")
+        # every row's label says what ran: the weight format (forced or measured) and bf16
+        fmt = eng.about.get("cpu_weights", {}).get("format", "plain")
+        tag = f", {fmt} weights" if fmt != "plain" else ""
+        tag += " (bf16)" if eng.dtype == torch.bfloat16 else ""
         if base_name == "ar":
             decoders.append(Decoder(f"AR greedy (base alone){tag}", eng, SamplingOptions(decoder="ar"), long))
         elif base_name.startswith("q"):
@@ -192,7 +196,8 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
             decoders.append(Decoder(label, eng, opts, long))
         else:
             raise CommandError(
-                f"--compare: unknown decoder {name!r} (ar, qX, qX/wN, tiny, llama.cpp; +int8 on ar and qX)"
+                f"--compare: unknown decoder {name!r} "
+                "(ar, qX, qX/wN, tiny, llama.cpp; +plain/+int8/+fp16 on ar and qX)"
             )
     rows = compare(decoders, problems, args.subset, workers=args.workers)
     print(markdown_table(rows, args.subset))

@@ -53,7 +53,7 @@ def _decode(model, family, ctx, n, cache, reused, cancel, stop) -> SampleOutput:
     while len(out) < n:
         if cancel is not None and cancel():
             raise Cancelled()
-        mask = step_mask(start, len(pending), 0, cache.length, device)
+        mask = step_mask(start, len(pending), 0, device)
         h = model(torch.tensor([pending], device=device), cache=cache, start=start, attn_mask=mask)
         forwards += 1
         start += len(pending)

@@ -19,7 +19,7 @@ import torch
 from ..checkpoint import CheckpointError, load_model, load_tokenizer, read_config, resolve_device
 from ..families import FamilySpec
 from ..model import Transformer
-from ..runtime import fit_threads, int8_wanted
+from ..runtime import cpu_weights, fit_threads
 from ..tokenizer import Tokenizer
 from .adapter import Adapter, AdapterError, load_adapter
 from .family import coder_family
@@ -68,7 +68,8 @@ class LoadedCoder:
     base_dir: Path
     adapter_dir: Path
     config: dict[str, Any]
-    int8_bytes: int = 0  # > 0: few-row calls use weight-only int8 (diffusion_core/int8.py)
+    weights: str = "plain"  # CPU weight format (runtime.WEIGHT_FORMATS): plain, int8 or fp16
+    weights_bytes: int = 0  # what the int8 or fp16 copies add
 
 
 def coder_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -109,11 +110,12 @@ def load_coder(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     progress: bool = True,
-    quantize: bool | None = None,
+    weights: str | None = None,
 ) -> LoadedCoder:
-    """The base with the adapter on top. ``quantize``: weight-only int8 for few-row calls
-    (diffusion_core/int8.py); None = as ``$DIFFILL_INT8`` says (default: on the CPU where it
-    measures faster)."""
+    """The base with the adapter on top. ``weights``, the CPU's weight format: ``plain``,
+    ``int8`` (weight-only int8 for few-row calls, diffusion_core/int8.py) or ``fp16``
+    (fp16-packed weights for every call, fp16_weights.py); None = as ``$DIFFILL_WEIGHTS`` says
+    (default: the fastest measured on this CPU). Ignored off the CPU."""
     adapter_dir = Path(adapter_dir)
     cfg = read_config(adapter_dir)
     dev = resolve_device(device)
@@ -128,8 +130,11 @@ def load_coder(
             f"the adapter in {adapter_dir} was trained on a base of shape {want}, but {base_dir} has "
             f"{base_shape(model)} (Diffill-Coder needs a Qwen2.5-Coder-0.5B or -0.5B-Instruct base)"
         )
-    int8 = quantize if quantize is not None else dev.type == "cpu" and int8_wanted(dt)
-    int8_bytes = model.quantize_int8() if int8 else 0
+    try:
+        fmt = cpu_weights(dt, weights) if dev.type == "cpu" else "plain"
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    added = {"plain": lambda: 0, "int8": model.quantize_int8, "fp16": model.pack_fp16}[fmt]()
     tok, _ = load_tokenizer(base_dir)
     try:
         # fp32 factors on the CPU (thin matmuls run faster than in bf16 there); the model's dtype on GPUs
@@ -160,5 +165,6 @@ def load_coder(
         base_dir=base_dir,
         adapter_dir=adapter_dir,
         config=cfg,
-        int8_bytes=int8_bytes,
+        weights=fmt,
+        weights_bytes=added,
     )

@@ -47,16 +47,17 @@ def context_ids(family: FamilySpec, prefix: list[int], suffix: list[int]) -> lis
     return [fp, *prefix, fs, *suffix, fm]
 
 
-def step_mask(start: int, pending: int, window: int, length: int, device: torch.device) -> torch.Tensor:
-    """Attention mask [1, 1, pending + window, length] for one step's rows at positions
-    ``[start, start + pending + window)``: the pending rows are causal (they become context and
-    must never see the window), the window rows see every key up to the window's end."""
-    keys = torch.arange(length, device=device)
-    qpos = torch.arange(start, start + pending + window, device=device)
-    causal = keys[None, :] <= qpos[:, None]
-    visible = keys[None, :] < start + pending + window
+def step_mask(start: int, pending: int, window: int, device: torch.device) -> torch.Tensor:
+    """Attention mask [1, 1, pending + window, start + pending + window] for one step's rows at
+    positions ``[start, start + pending + window)``: the pending rows are causal (they become
+    context and must never see the window), the window rows see every key up to the window's end.
+    Its width ends at the last row, so the forward reads only the cache's keys up to there (an
+    attention over the filled part of the cache, not its whole length)."""
+    end = start + pending + window
+    keys = torch.arange(end, device=device)
+    qpos = torch.arange(start, end, device=device)
     in_window = (torch.arange(pending + window, device=device) >= pending)[:, None]
-    return torch.where(in_window, visible, causal)[None, None]
+    return (in_window | (keys[None, :] <= qpos[:, None]))[None, None]
 
 
 @dataclass
@@ -208,7 +209,7 @@ def _sample(
         wide = ahead and b1 - b0 > 1
         block = [family.mask_id if t is None else t for t in mid[b0:b1]] if wide else []
         p = len(pending)
-        mask = step_mask(start, p, len(block), cache.length, device)
+        mask = step_mask(start, p, len(block), device)
         ids = torch.tensor([pending + block], device=device)
         h = model(ids, cache=cache, start=start, attn_mask=mask, adapted=Adapted(adapter, rows_from=p))
         stats.forwards += 1

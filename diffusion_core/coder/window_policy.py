@@ -68,13 +68,13 @@ def step_cost_ratio(
     def step(rows: int) -> None:
         x = torch.full((1, 1 + rows), adapter.mask_id, device=device)
         x[0, 0] = 1
-        mask = step_mask(ctx, 1, rows, cache.length, device)
+        mask = step_mask(ctx, 1, rows, device)
         h = model(x, cache=cache, start=ctx, attn_mask=mask, adapted=Adapted(adapter, rows_from=1))
         model.logits(h[0, : max(1, rows)])  # the frontier's row, plus the window rows it reads
 
     best = {0: float("inf"), window: float("inf")}
     with torch.inference_mode():
-        model(ids, cache=cache, start=0, attn_mask=step_mask(0, ctx, 0, cache.length, device))
+        model(ids, cache=cache, start=0, attn_mask=step_mask(0, ctx, 0, device))
         for rows in best:  # warm-up: the BLAS picks its kernels for each shape
             step(rows)
         for _ in range(repeats):

@@ -57,7 +57,7 @@ def test_the_frontier_is_the_base_models_next_token(engine: Engine) -> None:
         # the sampler's first forward: the whole context, then a window of masks with the adapter
         window = [engine.family.mask_id] * 6
         cache = model.new_cache(1, len(ctx) + 12)
-        mask = step_mask(0, len(ctx), len(window), cache.length, torch.device("cpu"))
+        mask = step_mask(0, len(ctx), len(window), torch.device("cpu"))
         h = model(
             torch.tensor([ctx + window]),
             cache=cache,

@@ -33,8 +33,8 @@ def test_int8_matmul_matches_the_dequantized_weight(rows: int, dtype: torch.dtyp
 @pytest.fixture(scope="module")
 def engines(coder_dirs: tuple[Path, Path]) -> tuple[Engine, Engine]:
     base, adapter = coder_dirs
-    plain = Engine.from_pretrained(adapter, base=base, device="cpu", dtype="bf16", quantize=False)
-    quant = Engine.from_pretrained(adapter, base=base, device="cpu", dtype="bf16", quantize=True)
+    plain = Engine.from_pretrained(adapter, base=base, device="cpu", dtype="bf16", weights="plain")
+    quant = Engine.from_pretrained(adapter, base=base, device="cpu", dtype="bf16", weights="int8")
     return plain, quant
 
 
@@ -80,7 +80,8 @@ def test_the_quantized_model_stays_close_to_the_original(engines: tuple[Engine, 
     """Per-row int8 is an approximation of the bf16 weights: the next-token distribution of a
     prompt moves by little (total variation) and keeps its most likely token."""
     plain, quant = engines
-    assert quant.about["int8_weights_mb"] > 0 and plain.about["int8_weights_mb"] == 0
+    assert quant.about["cpu_weights"]["format"] == "int8" and quant.about["cpu_weights"]["added_mb"] > 0
+    assert plain.about["cpu_weights"] == {"format": "plain", "added_mb": 0.0}
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     with torch.inference_mode():
         p = torch.softmax(plain.model.logits(plain.model(ids, causal=True)[0]), -1)
@@ -91,10 +92,10 @@ def test_the_quantized_model_stays_close_to_the_original(engines: tuple[Engine, 
 
 
 def test_the_int8_choice_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
-    from diffusion_core.runtime import int8_wanted
+    from diffusion_core.runtime import cpu_weights
 
-    monkeypatch.setenv("DIFFILL_INT8", "1")
-    assert int8_wanted(torch.bfloat16)
-    monkeypatch.setenv("DIFFILL_INT8", "0")
-    assert not int8_wanted(torch.bfloat16)
+    monkeypatch.setenv("DIFFILL_WEIGHTS", "int8")
+    assert cpu_weights(torch.bfloat16) == "int8"
+    monkeypatch.setenv("DIFFILL_WEIGHTS", "plain")
+    assert cpu_weights(torch.bfloat16) == "plain"
     assert int8.MAX_ROWS == MAX_ROWS

@@ -145,8 +145,8 @@ def test_the_coder_step_matches_with_kernels_on(dtype, device) -> None:  # noqa:
     outs, caches = {}, {}
     for on in (False, True):
         cache = caches[on] = model.new_cache(1, 40)
-        _run(model, on, ctx, cache=cache, start=0, attn_mask=step_mask(0, 30, 0, 40, device))
-        mask = step_mask(30, 2, 5, 40, device)
+        _run(model, on, ctx, cache=cache, start=0, attn_mask=step_mask(0, 30, 0, device))
+        mask = step_mask(30, 2, 5, device)
         outs[on] = _run(model, on, step, cache=cache, start=30, attn_mask=mask, adapted=Adapted(adapter, 2))
     torch.testing.assert_close(outs[True].float(), outs[False].float(), **TOL[dtype])
     torch.testing.assert_close(caches[True].k.float(), caches[False].k.float(), **TOL[dtype])
