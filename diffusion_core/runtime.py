@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -56,27 +57,33 @@ def fit_threads() -> int:
     return torch.get_num_threads()
 
 
-def _best_seconds(f, repeats: int) -> float:  # noqa: ANN001
-    f()  # warm-up (the BLAS / fbgemm pick their kernels)
-    t = float("inf")
+def _best_seconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds per call of each entry, measured interleaved (one round of each
+    in turn), so a noisy neighbour slows all of them alike instead of whichever ran then."""
+    for f in calls.values():
+        f()  # warm-up (the BLAS / fbgemm pick their kernels)
+    best = dict.fromkeys(calls, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(4):
-            f()
-        t = min(t, (time.perf_counter() - t0) / 4)
-    return t
+        for name, f in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(4):
+                f()
+            best[name] = min(best[name], (time.perf_counter() - t0) / 4)
+    return best
 
 
 @functools.lru_cache(maxsize=1)
 def matmul_speeds(n: int = 896, rows: int = 64, repeats: int = 6) -> dict[str, float]:
     """Seconds per [rows, n] x [n, 4n] matmul in fp32 and bf16 (best of ``repeats``): the shape
     of a transformer's MLP on a short block."""
-    out = {}
-    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(rows, n, dtype=dt)
-        b = torch.randn(4 * n, n, dtype=dt)
-        out[name] = _best_seconds(lambda a=a, b=b: torch.nn.functional.linear(a, b), repeats)
-    return out
+    a = {dt: torch.randn(rows, n, dtype=dt) for dt in (torch.float32, torch.bfloat16)}
+    b = {dt: torch.randn(4 * n, n, dtype=dt) for dt in a}
+    linear = torch.nn.functional.linear
+    return _best_seconds(
+        {"fp32": lambda: linear(a[torch.float32], b[torch.float32]),
+         "bf16": lambda: linear(a[torch.bfloat16], b[torch.bfloat16])},
+        repeats,
+    )  # fmt: skip
 
 
 def bf16_is_faster(margin: float = 1.2) -> bool:
@@ -116,16 +123,18 @@ def weight_format_speeds(dtype: torch.dtype, n: int = 896, repeats: int = 8) -> 
 
     w = torch.randn(5 * n, n, dtype=dtype)
     x = torch.randn(1, n, dtype=dtype)
-    out = {"plain": _best_seconds(lambda: torch.nn.functional.linear(x, w), repeats)}
+    calls: dict[str, Callable[[], object]] = {"plain": lambda: torch.nn.functional.linear(x, w)}
     if _can_run("int8", dtype):
         q = Int8Weight.quantize(w)
         try:
-            out["int8"] = _best_seconds(lambda: q.matmul(x), repeats)
+            q.matmul(x)
+            calls["int8"] = lambda: q.matmul(x)
         except RuntimeError:  # no int8 kernel for this dtype on this build
             pass
     if _can_run("fp16", dtype):
         h = Fp16Weight.pack(w)
-        out["fp16"] = _best_seconds(lambda: h.matmul(x), repeats)
+        calls["fp16"] = lambda: h.matmul(x)
+    out = _best_seconds(calls, repeats)
     return out
 
 

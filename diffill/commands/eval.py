@@ -133,6 +133,7 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
 
     import torch
 
+    from diffusion_core.coder.family import FIM_ORDERS
     from diffusion_core.engine import Engine, tiny_model_dir
     from diffusion_core.evaluation.compare import Decoder, compare, markdown_table, write_results
     from diffusion_core.interface import SamplingOptions
@@ -144,6 +145,16 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n.strip() for n in args.compare.split(",") if n.strip()]
+
+    def default_order() -> str:  # the prompt order of the model under test (its config.json)
+        from diffusion_core.checkpoint_config import read_config
+        from diffusion_core.engine import resolve_model_path
+
+        try:
+            return str(read_config(resolve_model_path(args.model)).get("fim_order", "psm"))
+        except (ValueError, OSError):
+            return "psm"
+
     long = 64 if args.subset.startswith("single-line") else 128
     main = None
     engines: dict[str, object] = {}  # "" = the weight format measured at load, else the one forced
@@ -155,14 +166,18 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
                 Decoder("tiny (1.3M, quality 1)", tiny, SamplingOptions(quality=1.0, length="fixed"), 32)
             )
             continue
+        name, _, order = name.partition("@")  # "ar@psm": that prompt order (default: the model's)
+        if order and order not in FIM_ORDERS:
+            raise CommandError(f"--compare: unknown prompt order @{order} ({', '.join(FIM_ORDERS)})")
         if name == "llama.cpp":
             from diffusion_core.evaluation.llama_cpp_peer import LlamaCppPeer
 
+            order = order or default_order()
             try:
-                peer = LlamaCppPeer(threads=args.threads or torch.get_num_threads())
+                peer = LlamaCppPeer(threads=args.threads or torch.get_num_threads(), fim_order=order)
             except (ValueError, OSError) as e:
                 raise CommandError(str(e)) from None
-            decoders.append(Decoder(f"{peer.model_id}, greedy", peer, None, long))
+            decoders.append(Decoder(f"{peer.model_id}, greedy, {order.upper()}", peer, None, long))
             continue
         base_name, _, variant = name.partition("+")  # "+fp16": that CPU weight format, forced
         if variant not in ("", *WEIGHT_FORMATS):
@@ -175,9 +190,12 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
             # on a task would get the first one's context for free
             engines[variant].prefix_cache = None
         eng = main = engines[variant]
+        if order and order != eng.family.fim_order:
+            eng = dataclasses.replace(eng, family=dataclasses.replace(eng.family, fim_order=order))
+        tag = f", {eng.family.fim_order.upper()}" if eng.family.fim_ids else ""
         # every row's label says what ran: the weight format (forced or measured) and bf16
         fmt = eng.about.get("cpu_weights", {}).get("format", "plain")
-        tag = f", {fmt} weights" if fmt != "plain" else ""
+        tag += f", {fmt} weights" if fmt != "plain" else ""
         tag += " (bf16)" if eng.dtype == torch.bfloat16 else ""
         if base_name == "ar":
             decoders.append(Decoder(f"AR greedy (base alone){tag}", eng, SamplingOptions(decoder="ar"), long))

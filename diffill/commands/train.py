@@ -130,7 +130,7 @@ def _run_coder(cfg, args: argparse.Namespace) -> int:  # noqa: ANN001
         "model_id": "diffill-coder",
         "base": {"name": BASE_NAME, "gguf_sha256": BASE_SHA256, "shape": base_shape(model)},
         "window": cfg.window,
-        "fim_order": "psm",
+        "fim_order": cfg.fim_order,
     }
     trainer.run(export, config, progress=not args.no_progress)
     print(f"adapter written to {export}")

@@ -22,7 +22,7 @@ from ..model import Transformer
 from ..runtime import cpu_weights, fit_threads
 from ..tokenizer import Tokenizer
 from .adapter import Adapter, AdapterError, load_adapter
-from .family import coder_family
+from .family import FIM_ORDERS, coder_family
 from .window_policy import WindowChoice, choose_window
 
 __all__ = [
@@ -141,8 +141,14 @@ def load_coder(
         adapter = load_adapter(adapter_dir, model.cfg, dev, torch.float32 if dev.type == "cpu" else dt)
     except AdapterError as e:
         raise CheckpointError(str(e)) from None
+    order = cfg.get("fim_order", "psm")
+    if order not in FIM_ORDERS:
+        raise CheckpointError(
+            f"invalid value for 'fim_order' in {adapter_dir / 'config.json'}: {order!r} "
+            f"(use {' or '.join(FIM_ORDERS)})"
+        )
     try:
-        family = coder_family(tok, adapter.mask_id, model.cfg.vocab_size)
+        family = coder_family(tok, adapter.mask_id, model.cfg.vocab_size, order)
     except ValueError as e:
         raise CheckpointError(f"{base_dir}: {e}") from None
     window = cfg.get("window", 16)

@@ -33,6 +33,7 @@ from ..interface import CancelCheck, Cancelled, SamplingOptions
 from ..kv_cache import KVCache
 from ..model import Adapted, RowAdapter
 from ..sampler import Canvas, SampleOutput, _banned, _generator, _score
+from .family import fim_prompt
 from .prefix_cache import PrefixCache
 
 __all__ = ["CoderStats", "coder_sample", "context_ids", "step_mask"]
@@ -41,10 +42,9 @@ StopCheck = Callable[[list[int]], bool]
 
 
 def context_ids(family: FamilySpec, prefix: list[int], suffix: list[int]) -> list[int]:
-    """Qwen's PSM prompt: ``<|fim_prefix|>`` prefix ``<|fim_suffix|>`` suffix ``<|fim_middle|>``."""
+    """The base's FIM prompt in the family's order (coder/family.py: ``fim_prompt``)."""
     assert family.fim_ids is not None
-    fp, fs, fm = family.fim_ids
-    return [fp, *prefix, fs, *suffix, fm]
+    return fim_prompt(family.fim_ids, family.fim_order, prefix, suffix)
 
 
 def step_mask(start: int, pending: int, window: int, device: torch.device) -> torch.Tensor:

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from ..model import Adapted, Transformer
 from ..tokenizer import Tokenizer
 from .adapter import Adapter, AdapterConfig, save_adapter
-from .family import fim_token_ids
+from .family import fim_prompt, fim_token_ids
 
 __all__ = ["CoderTrainConfig", "CoderTrainer", "FimExample", "FimMaker", "Variant", "cut_variants"]
 
@@ -49,6 +49,7 @@ class CoderTrainConfig:
     window: int = 16  # middle positions the adapter sees at once (the sampler's window)
     variants: int = 16  # masked variants per context pass
     contexts_per_step: int = 2
+    fim_order: str = "spm"  # the prompt layout trained on (coder/family.py: FIM_ORDERS)
     max_prefix: int = 384
     max_suffix: int = 128
     max_middle: int = 48
@@ -444,8 +445,7 @@ class CoderTrainer:
         return self.cfg.lr * min(1.0, (self.step + 1) / max(1, self.cfg.warmup))
 
     def _one(self, ex: FimExample, rng: np.random.Generator) -> tuple[torch.Tensor, dict, int]:
-        fp, fs, fm = self.fim
-        ctx = [fp, *ex.prefix, fs, *ex.suffix, fm]
+        ctx = fim_prompt(self.fim, self.cfg.fim_order, ex.prefix, ex.suffix)
         seq = ctx + ex.middle + [self.end_id]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             kv, teacher = context_pass(self.model, seq, self.device, len(ctx), len(ex.middle))

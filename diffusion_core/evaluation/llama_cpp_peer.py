@@ -1,6 +1,6 @@
 """llama.cpp on the same GGUF as the peer a CPU user would pick (what llama.vim / llama.vscode run).
 
-It decodes Qwen's PSM prompt greedily, exactly as the AR peer does, through the
+It decodes Qwen's FIM prompt greedily, in the same order as the AR peer, through the
 ``llama-cpp-python`` bindings (built from source by pip; optional, not a dependency). Its prompt
 cache is cleared before every task so that, like the other decoders in a comparison, it pays for
 its own prompt; the GGUF is the pinned one, assembled and hash-checked once into the user's cache.
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..coder.base import BASE_SHA256, BaseWeightsError, assemble_gguf, cache_root
+from ..coder.family import FIM_TOKENS, fim_prompt
 from ..interface import Completion
 
 __all__ = ["LlamaCppPeer", "base_gguf"]
@@ -38,6 +39,7 @@ class LlamaCppPeer:
         prefix_tokens: int = 1536,
         suffix_tokens: int = 512,
         gguf: str | Path | None = None,
+        fim_order: str = "psm",
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -58,7 +60,8 @@ class LlamaCppPeer:
         )
         self.model_id = f"llama.cpp {self.version} (Q4_K_M GGUF)"
         self.prefix_tokens, self.suffix_tokens = prefix_tokens, suffix_tokens
-        self._fim = [self._special(t) for t in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")]
+        self.fim_order = fim_order
+        self._fim = tuple(self._special(t) for t in FIM_TOKENS)
 
     def _special(self, text: str) -> int:
         ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -72,12 +75,12 @@ class LlamaCppPeer:
     def infill_until(
         self, prefix: str, suffix: str, stop: Sequence[str], max_tokens: int = 64, options: object = None
     ) -> Completion:
-        """Greedy PSM decoding that ends at the first stop string or end-of-text."""
+        """Greedy decoding of the FIM prompt (in ``fim_order``, the same layout Diffill-Coder uses)
+        that ends at the first stop string or end-of-text."""
         t0 = time.perf_counter()
-        fp, fs, fm = self._fim
         pre = self._ids(prefix)[-self.prefix_tokens :]
         suf = self._ids(suffix)[: self.suffix_tokens]
-        prompt = [fp, *pre, fs, *suf, fm]
+        prompt = fim_prompt(self._fim, self.fim_order, pre, suf)
         self.llm.reset()  # no prompt reuse from the previous task
         out = self.llm.create_completion(
             prompt, max_tokens=max_tokens, temperature=0.0, top_k=1, stop=list(stop) or None

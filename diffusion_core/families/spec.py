@@ -29,6 +29,7 @@ class FamilySpec:
     # (<|fim_prefix|>, <|fim_suffix|>, <|fim_middle|>) for a causal model whose context is its own
     # FIM prompt and whose middle is denoised by an adapter (Diffill-Coder, diffusion_core/coder/)
     fim_ids: tuple[int, int, int] | None = None
+    fim_order: str = "psm"  # how those tokens lay the prompt out (coder/family.py: FIM_ORDERS)
 
     @property
     def native_length(self) -> str:

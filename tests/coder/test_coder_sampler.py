@@ -4,12 +4,14 @@ lower quality commits several tokens per forward."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 import diffusion_core.coder.sampler as coder_sampler
+from diffusion_core.coder.family import FIM_ORDERS
 from diffusion_core.coder.sampler import CoderStats, coder_sample, context_ids, step_mask
 from diffusion_core.engine import Engine
 from diffusion_core.interface import Cancelled, SamplingOptions
@@ -73,7 +75,9 @@ def test_the_frontier_is_the_base_models_next_token(engine: Engine) -> None:
     assert not torch.allclose(adapted, plain, atol=1e-3)
 
 
-def test_quality_one_is_greedy_ar_token_for_token(engine: Engine) -> None:
+@pytest.mark.parametrize("order", FIM_ORDERS)
+def test_quality_one_is_greedy_ar_token_for_token(engine: Engine, order: str) -> None:
+    engine = dataclasses.replace(engine, family=dataclasses.replace(engine.family, fim_order=order))
     canvas = _canvas(engine, 20)
     stats = CoderStats()
     out = coder_sample(

@@ -3,11 +3,13 @@ of the context is computed, bounded in memory."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from diffusion_core.coder.family import FIM_ORDERS
 from diffusion_core.coder.prefix_cache import PrefixCache, common_prefix
 from diffusion_core.coder.sampler import CoderStats, coder_sample, context_ids
 from diffusion_core.engine import Engine
@@ -43,9 +45,11 @@ def _run(engine: Engine, prefix: str, suffix: str, cache: PrefixCache | None, se
     return out, context_ids(engine.family, p, s)
 
 
+@pytest.mark.parametrize("order", FIM_ORDERS)
 def test_reuse_is_exact_and_computes_only_the_changed_tail(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, order: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    engine = dataclasses.replace(engine, family=dataclasses.replace(engine.family, fim_order=order))
     cache = PrefixCache()
     first, ctx1 = _run(engine, PREFIX, SUFFIX, cache)
     rows: list[tuple[int, int]] = []
@@ -64,6 +68,10 @@ def test_reuse_is_exact_and_computes_only_the_changed_tail(
     shared = common_prefix(ctx1, ctx2)
     assert rows[0] == (shared, len(ctx2) - shared)  # the first forward ran only the new tail
     assert shared / len(ctx2) >= 0.8
+    if order == "spm":  # the prefix is last: only its changed last tokens are recomputed
+        assert len(ctx2) - shared <= 2
+    else:  # the suffix comes after the cursor: recomputed with it
+        assert len(ctx2) - shared > len(engine.tokenizer.encode(SUFFIX))
     st = cache.stats()
     assert st["reused_context_tokens"] == shared and st["prefix_cache_entries"] == 1
 
