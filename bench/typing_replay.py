@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import random
 import statistics
 import sys
@@ -30,6 +29,8 @@ from typing import Any
 
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
+
+from diffusion_core.runtime import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 PAUSE_S = 0.4  # a stop longer than this is a person waiting for (or reading) a suggestion
@@ -177,7 +178,7 @@ async def replay(model: str | None, files: int, max_chars: int, seed: int) -> di
     return {
         "what": "keystroke -> inline completion answer, diffill serve over stdio, automatic trigger",
         "model": st.get("modelId"),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "date": time.strftime("%Y-%m-%d"),
         "keys": keys,
         "answered": len(s),

@@ -4,10 +4,12 @@ Why: while a user types, consecutive requests share almost all of their context.
 context is encoded causally by the untouched base, so the K/V of a token depends only on the
 tokens before it: a new request whose context starts with the same tokens as an earlier one can
 take that K/V as it is and run only the rest (what llama.cpp's ``cache_prompt`` does for AR). The
-order of the prompt decides how much survives a keystroke; with Qwen's PSM order
-(``<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>``, the only order the base handles well: 14/100
-HumanEval single-line in SPM against 54/100 in PSM) a keystroke at the cursor keeps the prefix
-and recomputes the suffix, so the suffix budget is what a keystroke costs.
+order of the prompt decides how much survives a keystroke. In the default SPM order
+(``<|fim_prefix|><|fim_suffix|>S<|fim_middle|>P``, coder/family.py) the prefix comes last, so a
+keystroke at the cursor keeps the K/V of the suffix and of the prefix up to the changed token and
+recomputes only that tail; in PSM order (``<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>``) the
+suffix after the cursor is recomputed too. An edit in the middle of the prefix recomputes
+everything after it in either order.
 
 Entries are whole :class:`~diffusion_core.kv_cache.KVCache` objects (taken out while a request
 uses one, put back after), bounded in bytes.

@@ -1,8 +1,9 @@
 """Block diffusion on a causal context: Diffill-Coder's sampler.
 
-The context is Qwen's own FIM prompt, ``<|fim_prefix|>P<|fim_suffix|>S<|fim_middle|>``, encoded
-causally by the untouched base model once; its K/V never depends on the middle, so it is reused
-exactly by every step (no DualCache approximation). On top of it sits a window of middle
+The context is Qwen's own FIM prompt (``fim_prompt`` of coder/family.py, by default the SPM order
+``<|fim_prefix|><|fim_suffix|>S<|fim_middle|>P``), encoded causally by the untouched base once;
+its K/V never depends on the middle, so it is reused exactly by every step (no DualCache
+approximation). On top of it sits a window of middle
 positions, masked or already committed, that the adapter denoises: the window attends to the
 whole context and to itself in both directions. Logits are shifted (position j is read from
 output j-1), so the leftmost masked position — the *frontier* — is always read from the last

@@ -2,14 +2,14 @@
 
 One example is a FIM triple (prefix, middle, suffix) cut from a corpus file: cursor-like line
 middles (from column 0, after the indentation or mid-line, plus a few following lines),
-multi-line blocks and random character spans. Its context ``<|fim_prefix|>P<|fim_suffix|>S
-<|fim_middle|>`` plus the true middle and an end token is run once through the frozen base,
-causally and without gradients; because the context is causal, that one pass holds the context
-K/V for *every* frontier position in the middle. Several masked variants are then cut from it:
-each picks a frontier f, a window of middle positions from f (f always masked, the others masked
-with a random ratio, positions past the end masked and targeting the end token), and runs the
-window with the adapter on top of the context K/V ``[0, L + f)``. The loss is on the masked
-window positions, each read from the row before it (shifted), exactly as the sampler reads them:
+multi-line blocks and random character spans. Its context (Qwen's FIM prompt in
+``TrainConfig.fim_order``, coder/family.py) plus the true middle and an end token is run once
+through the frozen base, causally and without gradients; because the context is causal, that one
+pass holds the context K/V for *every* frontier position in the middle. Several masked variants
+are then cut from it: each picks a frontier f, a window of middle positions from f (f always
+masked, the others masked with a random ratio, positions past the end masked and targeting the end
+token), and runs the window with the adapter on top of the context K/V ``[0, L + f)``. The loss is
+on the masked window positions, each read from the row before it (shifted), exactly as the sampler reads them:
 for a middle token, cross-entropy against the base's own distribution there (self-distillation:
 the sampler keeps a draft only when the base agrees with it), for the end token and the padding
 after it, against the data. The frontier itself is never supervised: the base predicts it.
