@@ -159,6 +159,7 @@ def load_coder(
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     log.info("draft window %d (configured %d): %s", choice.window, window, choice.reason)
+    log.info("%s weights, %s activations, prompt order %s", fmt, str(dt).removeprefix("torch."), order)
     return LoadedCoder(
         model=model,
         adapter=adapter,
