@@ -7,7 +7,7 @@ import torch
 
 from diffill_kernels import _common
 from diffill_kernels.lm_head import lm_head_stats, stats_from_logits
-from diffusion_core.model import ModelConfig, Transformer
+from diffusion_core.model import ModelConfig, Transformer, random_transformer
 
 CONFIGS = {
     "qwen2": dict(qkv_bias=True, tie_embeddings=True),  # Open-dCoder / Dream style
@@ -167,3 +167,25 @@ def test_autograd_never_runs_the_kernels(device) -> None:  # noqa: ANN001
     model(ids, positions, key_mask).float().pow(2).mean().backward()
     assert sum(_common.launches.values()) == before
     assert model.layers[0].mlp.gate_up.weight.grad is not None
+
+
+def test_a_narrow_attention_mask_reads_only_the_filled_cache() -> None:
+    """A cached call whose mask ends at its last row gives what the full-width mask (keys past it
+    masked) gives: the forward reads only the keys the mask covers."""
+    cfg = ModelConfig(
+        vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64
+    )
+    m = random_transformer(cfg, seed=5)
+    ids = torch.tensor([[3, 9, 27, 81, 5, 15]])
+    outs = []
+    with torch.no_grad():
+        for width in (6, 16):
+            cache = m.new_cache(1, 16)
+            causal = torch.ones(5, 5, dtype=torch.bool).tril()
+            full = torch.zeros(1, 1, 5, width, dtype=torch.bool)
+            full[0, 0, :, :5] = causal
+            m(ids[:, :5], cache=cache, start=0, attn_mask=full)
+            step = torch.zeros(1, 1, 1, width, dtype=torch.bool)
+            step[..., :6] = True
+            outs.append(m(ids[:, 5:], cache=cache, start=5, attn_mask=step))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
