@@ -18,6 +18,7 @@ answer (of the fp16-rounded base: finer than bf16, which rounds 3 more bits).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,18 +28,12 @@ from torch import nn
 __all__ = ["Fp16Weight", "fp16_available", "pack_linears", "use_fp16"]
 
 
-def _ops():  # noqa: ANN202
-    return torch.ops.quantized.linear_prepack_fp16, torch.ops.quantized.linear_dynamic_fp16
-
-
 @functools.lru_cache(maxsize=1)
 def fp16_available() -> bool:
     """Whether this torch build can pack and run fp16 weights on this CPU (fbgemm: x86 builds)."""
     try:
-        prepack, run = _ops()
-        w = torch.randn(8, 16)
-        y = run(torch.randn(2, 16), prepack(w, None))
-        return y.shape == (2, 8)
+        w = Fp16Weight.pack(torch.randn(8, 16))
+        return w.matmul(torch.randn(2, 16)).shape == (2, 8)
     except (AttributeError, RuntimeError):
         return False
 
@@ -47,16 +42,17 @@ def fp16_available() -> bool:
 class Fp16Weight:
     packed: object  # fbgemm's packed fp16 weight (opaque)
     out_features: int
+    run: Callable[..., torch.Tensor]  # the op, looked up once (matmul is on every layer's hot path)
 
     @classmethod
     def pack(cls, weight: torch.Tensor) -> Fp16Weight:
-        prepack, _ = _ops()
-        return cls(prepack(weight.detach().float().contiguous(), None), weight.shape[0])
+        ops = torch.ops.quantized
+        packed = ops.linear_prepack_fp16(weight.detach().float().contiguous(), None)
+        return cls(packed, weight.shape[0], ops.linear_dynamic_fp16)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T`` for fp32 ``x`` [..., in], W the fp16-rounded weight; fp32 out."""
-        _, run = _ops()
-        y = run(x.reshape(-1, x.shape[-1]).contiguous(), self.packed)
+        y = self.run(x.reshape(-1, x.shape[-1]).contiguous(), self.packed)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 

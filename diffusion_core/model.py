@@ -332,8 +332,8 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head in fp32 (the sampler compares probabilities, so keep them precise)."""
-        head = self.embed if self.lm_head is None else self.lm_head
-        q = (None if self.lm_head is None else use_int8(self.lm_head, hidden)) or use_fp16(head, hidden)
+        head = self.embed if self.lm_head is None else self.lm_head  # tied: only fp16 packs the embedding
+        q = use_int8(head, hidden) or use_fp16(head, hidden)
         return (F.linear(hidden, self.head_weight) if q is None else q.matmul(hidden)).float()
 
     def quantize_int8(self) -> int:

@@ -27,8 +27,9 @@ def fim_token_ids(tok: Tokenizer) -> tuple[int, int, int]:
 # The two prompt layouts of the FIM paper (Bavarian et al. 2022) in Qwen's tokens. "spm" puts the
 # prefix last, right before the middle: a keystroke at the cursor then changes only the end of the
 # context (the K/V of everything before it is reused), and Qwen2.5-Coder-0.5B fills single lines
-# better in it (README: "Prompt order"). The other suffix-first layout (<|fim_suffix|>S
-# <|fim_prefix|>P<|fim_middle|>) was measured too and is not offered: the base barely handles it.
+# better in it (README, "Measured numbers": 78 vs 51 pass@1). The other suffix-first layout
+# (<|fim_suffix|>S<|fim_prefix|>P<|fim_middle|>) was measured too and is not offered: the base
+# barely handles it.
 FIM_ORDERS = ("psm", "spm")
 
 
@@ -61,7 +62,5 @@ def coder_family(tok: Tokenizer, mask_id: int, vocab_size: int, fim_order: str =
     padding = frozenset(range(tok.vocab_size, vocab_size))
     spec.special_ids = spec.special_ids | padding
     spec.fim_ids = fim_token_ids(tok)
-    if fim_order not in FIM_ORDERS:
-        raise ValueError(f"unknown fim_order {fim_order!r} (use {' or '.join(FIM_ORDERS)})")
-    spec.fim_order = fim_order
+    spec.fim_order = fim_order  # checked where it is read (load.py names the file); fim_prompt refuses others
     return spec

@@ -15,6 +15,7 @@ from tokenizers import AddedToken
 
 from diffusion_core.coder.adapter import Adapter, AdapterConfig, save_adapter
 from diffusion_core.coder.load import CODER_MODEL_TYPE, SHAPE_KEYS
+from diffusion_core.engine import Engine
 from diffusion_core.model import ModelConfig, Transformer
 from diffusion_core.tokenizer import qwen2_style_backend
 
@@ -198,3 +199,11 @@ def write_gguf(path: Path, base_dir: Path) -> Path:
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def coder_engines(coder_dirs: tuple[Path, Path], dtype: str, *weights: str) -> tuple[Engine, ...]:
+    """The tiny test coder loaded once per CPU weight format (the format tests compare them)."""
+    base, adapter = coder_dirs
+    return tuple(
+        Engine.from_pretrained(adapter, base=base, device="cpu", dtype=dtype, weights=w) for w in weights
+    )

@@ -16,6 +16,8 @@ from diffusion_core.engine import Engine
 from diffusion_core.fp16_weights import Fp16Weight, fp16_available
 from diffusion_core.sampler import Canvas
 
+from .conftest import coder_engines
+
 needs_fp16 = pytest.mark.skipif(not fp16_available(), reason="this torch build has no fbgemm fp16 matmul")
 
 
@@ -33,11 +35,8 @@ def test_packed_matmul_is_the_fp16_rounded_weight_in_fp32(rows: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def engines(coder_dirs: tuple[Path, Path]) -> tuple[Engine, Engine]:
-    base, adapter = coder_dirs
-    plain = Engine.from_pretrained(adapter, base=base, device="cpu", dtype="fp32", weights="plain")
-    packed = Engine.from_pretrained(adapter, base=base, device="cpu", dtype="fp32", weights="fp16")
-    return plain, packed
+def engines(coder_dirs: tuple[Path, Path]) -> tuple[Engine, ...]:
+    return coder_engines(coder_dirs, "fp32", "plain", "fp16")
 
 
 @needs_fp16

@@ -11,6 +11,8 @@ from diffusion_core import int8
 from diffusion_core.engine import Engine
 from diffusion_core.int8 import MAX_ROWS, Int8Weight, int8_available
 
+from .conftest import coder_engines
+
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch has no weight-only int8 kernel")
 
 
@@ -31,11 +33,8 @@ def test_int8_matmul_matches_the_dequantized_weight(rows: int, dtype: torch.dtyp
 
 
 @pytest.fixture(scope="module")
-def engines(coder_dirs: tuple[Path, Path]) -> tuple[Engine, Engine]:
-    base, adapter = coder_dirs
-    plain = Engine.from_pretrained(adapter, base=base, device="cpu", dtype="bf16", weights="plain")
-    quant = Engine.from_pretrained(adapter, base=base, device="cpu", dtype="bf16", weights="int8")
-    return plain, quant
+def engines(coder_dirs: tuple[Path, Path]) -> tuple[Engine, ...]:
+    return coder_engines(coder_dirs, "bf16", "plain", "int8")
 
 
 def test_wide_calls_use_the_dequantized_weights_and_few_row_calls_the_kernel(
