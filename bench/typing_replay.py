@@ -10,7 +10,8 @@ Reported: keystroke-to-suggestion latency p50/p95 of the requests that were answ
 many were superseded), how many answers came from the completion cache or typed-through, and
 the share of context tokens whose K/V the engine reused from the previous request.
 
-    python bench/typing_replay.py [--model DIR] [--files N] [--out bench/results/typing_replay.json]
+    python bench/typing_replay.py [--model DIR] [--files N] [--time-budget-ms MS]
+                                  [--out bench/results/typing_replay.json]
 """
 
 from __future__ import annotations
@@ -80,12 +81,16 @@ def to_position(text: str, offset: int) -> types.Position:
     return types.Position(line=line, character=col)
 
 
-async def replay(model: str | None, files: int, max_chars: int, seed: int) -> dict[str, Any]:
+async def replay(
+    model: str | None, files: int, max_chars: int, seed: int, budget_ms: int | None = None
+) -> dict[str, Any]:
     client = LanguageClient("diffill-typing-replay", "0")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     args = ["serve"] + (["--model", model] if model else [])
     await client.start_io(sys.executable, "-m", "diffill.cli", *args, cwd=str(REPO), env=env)
-    opts = {"diffill": {"prefetch": True}}
+    opts: dict[str, Any] = {"diffill": {"prefetch": True}}
+    if budget_ms is not None:
+        opts["diffill"]["timeBudgetMs"] = budget_ms
     caps = types.ClientCapabilities(
         text_document=types.TextDocumentClientCapabilities(
             inline_completion=types.InlineCompletionClientCapabilities()
@@ -105,6 +110,7 @@ async def replay(model: str | None, files: int, max_chars: int, seed: int) -> di
     rng = random.Random(seed)
     answered: list[float] = []
     at_pause: list[float | None] = []  # keys followed by a pause >= PAUSE_S: latency, None if unanswered
+    pause_text: list[str] = []  # what those suggestions showed
     shown = superseded = keys = 0
     for n, (rel, start) in enumerate(SOURCES[:files]):
         base, offset, typed = session(REPO / rel, start, rng, max_chars)
@@ -157,6 +163,7 @@ async def replay(model: str | None, files: int, max_chars: int, seed: int) -> di
                 shown += bool(res and res.items)
                 if slot is not None and res and res.items:
                     at_pause[slot] = ms
+                    pause_text.append(str(res.items[0].insert_text))
 
             pending.add_done_callback(done)
             await asyncio.sleep(pause)
@@ -191,6 +198,9 @@ async def replay(model: str | None, files: int, max_chars: int, seed: int) -> di
         "pauses_with_a_suggestion": len(seen),
         "pause_latency_ms_p50": pause_pick(0.5),
         "pause_latency_ms_p95": pause_pick(0.95),
+        # how much those suggestions held: a time budget trades lines for latency
+        "pause_suggestion_chars_mean": round(statistics.fmean(map(len, pause_text or [""])), 1),
+        "pause_suggestions_multiline": sum("\n" in t for t in pause_text),
         "cache_hits": st.get("cacheHits"),
         "typed_through_hits": st.get("typedThroughHits"),
         "prefetch_hits": st.get("prefetchHits"),
@@ -208,14 +218,18 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=len(SOURCES))
     ap.add_argument("--max-chars", type=int, default=400, help="characters typed per file")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--time-budget-ms", type=int, help="the timeBudgetMs setting (default: the server's; 0: no limit)"
+    )
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "typing_replay.json"))
     args = ap.parse_args()
     # pygls' client logs every answer that arrives for a request it has already cancelled
     logging.getLogger("pygls").setLevel(logging.CRITICAL)
-    result = asyncio.run(replay(args.model, args.files, args.max_chars, args.seed))
+    result = asyncio.run(replay(args.model, args.files, args.max_chars, args.seed, args.time_budget_ms))
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     keys = ("keys", "answered", "superseded_by_next_key", "latency_ms_p50", "latency_ms_p95", "pauses",
-            "pauses_with_a_suggestion", "pause_latency_ms_p50", "pause_latency_ms_p95", "cache_hits",
+            "pauses_with_a_suggestion", "pause_latency_ms_p50", "pause_latency_ms_p95",
+            "pause_suggestion_chars_mean", "pause_suggestions_multiline", "cache_hits",
             "typed_through_hits", "context_tokens_reused_fraction")  # fmt: skip
     print(json.dumps({k: result[k] for k in keys}))
     print(f"wrote {args.out}")

@@ -32,6 +32,7 @@ from .interface import (
 from .length import predict_lengths, resolve_length
 from .model import RowAdapter
 from .sampler import Canvas, SampleOutput, sample_batch
+from .stopping import StopRule
 from .token_healing import heal_prefix, unheal
 from .tokenizer import Tokenizer
 
@@ -134,12 +135,12 @@ class Engine:
         canvases: list[Canvas],
         opts: SamplingOptions,
         cancel: CancelCheck | None,
-        stops: Sequence[tuple[str, ...]] = (),
+        rules: Sequence[StopRule] = (),
     ):
         if self.family.fim_ids is not None:
             return [
-                self._sample_coder(c, opts, cancel, st)
-                for c, st in zip(canvases, stops or [()] * len(canvases))
+                self._sample_coder(c, opts, cancel, rule)
+                for c, rule in zip(canvases, rules or [StopRule(self.tokenizer.decode)] * len(canvases))
             ]
         if opts.decoder != "diffusion":
             raise ValueError(
@@ -156,7 +157,7 @@ class Engine:
         return self._sample_fixed(canvases, opts, cancel)
 
     def _sample_coder(
-        self, canvas: Canvas, opts: SamplingOptions, cancel: CancelCheck | None, stop: tuple[str, ...]
+        self, canvas: Canvas, opts: SamplingOptions, cancel: CancelCheck | None, rule: StopRule
     ) -> SampleOutput:
         """Diffill-Coder: causal context once, the middle denoised by the adapter (coder/sampler.py),
         or with ``decoder="ar"`` the base alone, one token per forward (coder/ar.py)."""
@@ -164,7 +165,7 @@ class Engine:
         from .coder.sampler import coder_sample
 
         assert self.adapter is not None
-        check = (lambda toks: any(s in self.tokenizer.decode(toks) for s in stop)) if stop else None
+        check = rule if rule.active else None
         if opts.decoder == "ar":
             return ar_sample(self.model, self.family, canvas, cancel, check, self.prefix_cache)
         return coder_sample(
@@ -319,11 +320,15 @@ class Engine:
         if not requests:
             return []
         t0 = time.perf_counter()
+        # the time budget counts from here: what the caller waits for, context fitting included
+        rules = [StopRule(self.tokenizer.decode, r.stop, r.time_budget_ms) for r in requests]
         results: list[Completion | None] = [None] * len(requests)
         groups: dict[SamplingOptions, list[int]] = {}
         for i, r in enumerate(requests):
             if r.max_tokens < 0:
                 raise ValueError("max_tokens must be >= 0")
+            if r.time_budget_ms is not None and not r.time_budget_ms >= 0:
+                raise ValueError("time_budget_ms must be >= 0 (or None: no limit)")
             opts = r.options or self.default_options
             groups.setdefault(opts, []).append(i)  # frozen, so hashable: equal options share a run
         with self._lock, torch.inference_mode():
@@ -334,10 +339,9 @@ class Engine:
                     p, s = self.fit_context(prefix, requests[i].suffix)
                     canvases.append(Canvas(prefix=p, suffix=s, max_tokens=requests[i].max_tokens))
                     taken.append(ws)
-                outs = self._sample(canvases, opts, cancel, [requests[i].stop for i in idx])
+                outs = self._sample(canvases, opts, cancel, [rules[i] for i in idx])
                 for i, ws, out in zip(idx, taken, outs):
-                    text = unheal(self.tokenizer.decode(out.tokens), ws)
-                    text, reason = _cut_at_stop(text, requests[i].stop)
+                    text, reason = rules[i].cut(unheal(self.tokenizer.decode(out.tokens), ws))
                     results[i] = Completion(
                         text=text,
                         tokens=len(out.tokens),
@@ -379,9 +383,3 @@ class Engine:
             "vocab_size": cfg.vocab_size,
             "config": cfg.to_dict(),
         }
-
-
-def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, str | None]:
-    """``text`` before the earliest stop string, and "stop" when one was found."""
-    cut = min((i for s in stops if s and (i := text.find(s)) >= 0), default=None)
-    return (text, None) if cut is None else (text[:cut], "stop")

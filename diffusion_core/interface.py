@@ -177,7 +177,9 @@ class Completion:
     tokens: int  # tokens in the completion (before the end token)
     steps: int  # forward passes spent on this request
     latency_ms: float
-    stop_reason: str  # "eos": the model ended it; "length": max_tokens reached; "stop": a stop string
+    # "eos": the model ended it; "length": max_tokens reached; "stop": a stop string;
+    # "time": the time budget ended it at a line end
+    stop_reason: str
 
 
 @dataclass
@@ -187,6 +189,9 @@ class InfillRequest:
     max_tokens: int = 64
     options: SamplingOptions | None = None
     stop: tuple[str, ...] = ()  # end the completion at the first of these (not included)
+    # after this many ms, end at the next line end (whole lines kept, the first always finished;
+    # left-to-right decoders only, see diffusion_core/stopping.py); None: no limit
+    time_budget_ms: float | None = None
 
 
 @runtime_checkable

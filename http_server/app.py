@@ -441,8 +441,9 @@ class _Api:
         stops = _stops(req.stop, self.config.max_stop)
         options = self._options(req)
         suffix = req.suffix or ""
+        budget = req.time_budget_ms
         futures, slots = self._submit_choices(
-            [InfillRequest(p, suffix, max_tokens, options, stop=tuple(stops)) for p in prompts],
+            [InfillRequest(p, suffix, max_tokens, options, tuple(stops), budget) for p in prompts],
             req.n,
             _client(request),
         )

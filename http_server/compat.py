@@ -53,6 +53,10 @@ class InfillBody(msgspec.Struct, kw_only=True):
     top_p: float | None = None
     seed: int | None = None
     response_fields: list[str] | None = None
+    # llama.cpp's FIM time limit (llama.vim sends it): here counted from when the engine takes the
+    # request, and then the suggestion ends at the next line end (diffusion_core/stopping.py)
+    # (0 or less, llama.cpp's default -1, means no limit)
+    t_max_predict_ms: float | None = None
 
 
 class OllamaOptions(msgspec.Struct, kw_only=True):
@@ -116,7 +120,16 @@ class CompatApi:
             options = self.api._options_from(req.temperature, req.top_p, req.seed)
             prefix = _extra_text(req.input_extra) + req.input_prefix + req.prompt
             futures = self.api._submit(
-                [InfillRequest(prefix, req.input_suffix, max_tokens, options, stop=tuple(stops))],
+                [
+                    InfillRequest(
+                        prefix,
+                        req.input_suffix,
+                        max_tokens,
+                        options,
+                        stop=tuple(stops),
+                        time_budget_ms=req.t_max_predict_ms if (req.t_max_predict_ms or 0) > 0 else None,
+                    )
+                ],
                 _client(request),
             )
         except ApiError as exc:
@@ -154,7 +167,7 @@ class CompatApi:
             "stop": True,
             "stopped_eos": stopped_eos,
             "stopped_word": c.stop_reason == "stop",
-            "stopped_limit": c.stop_reason == "length",
+            "stopped_limit": c.stop_reason in ("length", "time"),  # llama.cpp: its time limit too
             "tokens_predicted": c.tokens,
             "tokens_evaluated": prompt_n,
             "truncated": False,
@@ -202,7 +215,7 @@ class CompatApi:
                 "created_at": _now(),
                 "response": "",
                 "done": True,
-                "done_reason": "length" if c.stop_reason == "length" else "stop",
+                "done_reason": "length" if c.stop_reason in ("length", "time") else "stop",
                 "total_duration": ns,
                 "load_duration": 0,
                 "prompt_eval_count": self.api.engine.count_tokens(req.prompt)

@@ -7,6 +7,8 @@ fields are ignored so clients that send newer OpenAI options keep working.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 __all__ = ["ChatMessage", "ChatRequest", "CompletionRequest", "StreamOptions", "TextPart"]
@@ -36,6 +38,8 @@ class CompletionRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
     quality: float | None = None  # Diffill extension: 0 = fastest, 1 = best
     length: str | None = None  # Diffill extension: "auto" | "fixed" | "predict" | "ensemble" | "expand"
+    # Diffill extension: after this many ms, end at the next line end (diffusion_core/stopping.py)
+    time_budget_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class TextPart(msgspec.Struct, kw_only=True):

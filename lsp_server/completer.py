@@ -243,6 +243,7 @@ def _prepare(ctx: Context, s: Settings, anchors: dict[str, str] | None = None) -
             max_tokens=s.max_tokens,
             options=SamplingOptions(quality=s.quality, length=s.length),
             stop=("\n",) if ctx.edit.mid_line or ctx.edit.line_prefix.strip() else (),
+            time_budget_ms=s.time_budget_ms or None,
         )
 
     return prepare

@@ -265,6 +265,8 @@ class RemoteBackend:
                     body["length"] = o.length
         else:
             body["temperature"] = 0.0  # greedy, as the local engine's default
+        if self.send_extensions and r.time_budget_ms is not None:
+            body["time_budget_ms"] = r.time_budget_ms
         return body
 
     async def _complete(self, model: str, r: InfillRequest) -> Completion:
@@ -276,7 +278,7 @@ class RemoteBackend:
             # a server that refuses fields it does not know (OpenAI's own API answers 400,
             # FastAPI-based servers with extra="forbid" 422): Diffill's extensions are the only
             # non-standard fields, so ask again without them, and from now on
-            extensions = [k for k in ("quality", "length") if k in body]
+            extensions = [k for k in ("quality", "length", "time_budget_ms") if k in body]
             if exc.status not in (400, 422) or not extensions:
                 raise
             self.send_extensions = False

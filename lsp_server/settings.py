@@ -35,6 +35,9 @@ Keys (JSON name: type = default — meaning):
 - ``enabled``: bool = true — master switch; false answers every request with no items.
 - ``maxTokens``: int 1..512 = 64 — longest completion in tokens.
 - ``maxLines``: int 1..200 = 8 — line cap of a multi-line completion (end of line / empty line).
+- ``timeBudgetMs``: int 0..60000 = 1000 — after this long, a suggestion ends at the next line end
+  (the line being written is always finished; like llama.cpp's ``t_max_predict_ms``), so a slow
+  machine shows the first lines of a block instead of the whole block seconds later; 0: no limit.
 - ``prefixTokens``: int 16..32768 = 1024 — context budget before the cursor, in model tokens.
 - ``suffixTokens``: int 0..32768 = 256 — context budget after the cursor, in model tokens.
 - ``extraContextTokens``: int 0..32768 = 0 — budget for snippets of other open / recently edited
@@ -89,6 +92,7 @@ class Settings(msgspec.Struct, rename="camel", kw_only=True, frozen=True):
     enabled: bool = True
     max_tokens: Annotated[int, msgspec.Meta(ge=1, le=512)] = 64
     max_lines: Annotated[int, msgspec.Meta(ge=1, le=200)] = 8
+    time_budget_ms: Annotated[int, msgspec.Meta(ge=0, le=60000)] = 1000
     prefix_tokens: Annotated[int, msgspec.Meta(ge=16, le=32768)] = 1024
     suffix_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 256
     extra_context_tokens: Annotated[int, msgspec.Meta(ge=0, le=32768)] = 0

@@ -14,7 +14,7 @@ import diffusion_core.coder.sampler as coder_sampler
 from diffusion_core.coder.family import FIM_ORDERS
 from diffusion_core.coder.sampler import CoderStats, coder_sample, context_ids, step_mask
 from diffusion_core.engine import Engine
-from diffusion_core.interface import Cancelled, SamplingOptions
+from diffusion_core.interface import Cancelled, InfillRequest, SamplingOptions
 from diffusion_core.model import Adapted
 from diffusion_core.sampler import Canvas, _banned
 
@@ -313,3 +313,21 @@ def test_engine_info_names_base_adapter_and_family(engine: Engine, coder_dirs: t
     assert info["base"] == str(base) and info["adapter"] == str(adapter)
     assert info["adapter_parameters"] > 0
     assert engine.tokenizer.decode([engine.family.mask_id]) == ""  # never shown to a user
+
+
+@pytest.mark.parametrize("decoder", ["diffusion", "ar"])
+def test_engine_time_budget_ends_the_suggestion_at_a_line_end(engine: Engine, decoder: str) -> None:
+    """A spent time budget ends the completion at the next line end: the first line whole, the
+    rest never decoded; a budget that is not spent changes nothing."""
+    prefix, suffix = "import os\n", "\n\nprint(1)\n"
+    opts = SamplingOptions(quality=1.0, decoder=decoder)
+    full = engine.infill(prefix, suffix, max_tokens=40, options=opts)
+    first, _, rest = full.text.partition("\n")
+    assert first.strip() and rest, f"the random base wrote no second line: {full.text!r}"
+    (cut,) = engine.infill_batch([InfillRequest(prefix, suffix, 40, opts, time_budget_ms=0)])
+    assert cut.text == first and cut.stop_reason == "time"
+    assert cut.steps < full.steps
+    (kept,) = engine.infill_batch([InfillRequest(prefix, suffix, 40, opts, time_budget_ms=600_000)])
+    assert kept.text == full.text and kept.stop_reason == full.stop_reason
+    with pytest.raises(ValueError, match="time_budget_ms"):
+        engine.infill_batch([InfillRequest(prefix, suffix, 40, opts, time_budget_ms=-1)])

@@ -66,7 +66,12 @@ def test_remote_backend_completes_against_a_generic_server(strict: bool) -> None
         with RemoteBackend(srv.url) as remote:
             assert remote.check() == MODEL
             req = InfillRequest(
-                "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n", 16, SamplingOptions(), stop=("\n",)
+                "def add(a, b):\n    ",
+                "\n\nprint(add(1, 2))\n",
+                16,
+                SamplingOptions(),
+                stop=("\n",),
+                time_budget_ms=500,
             )
             first = remote.infill_batch([req])[0]
             again = remote.infill_batch([req])[0]
@@ -78,8 +83,8 @@ def test_remote_backend_completes_against_a_generic_server(strict: bool) -> None
     assert sent["model"] == MODEL and sent["suffix"].startswith("\n\nprint") and sent["stop"] == ["\n"]
     if strict:  # refused once with the extensions, then never sent them again
         assert "quality" in srv.bodies[0] and set(srv.bodies[-1]) <= STANDARD and len(srv.bodies) == 3
-    else:
-        assert len(srv.bodies) == 2
+    else:  # Diffill's extensions, the time budget among them, reach a server that takes them
+        assert len(srv.bodies) == 2 and sent["time_budget_ms"] == 500 and "quality" in sent
 
 
 def test_the_language_server_backend_uses_a_generic_server() -> None:
@@ -94,3 +99,13 @@ def test_the_language_server_backend_uses_a_generic_server() -> None:
     finally:
         srv.close()
     assert out.text == "<mpute(|)\n>"
+
+
+def test_a_budget_without_options_is_still_greedy() -> None:
+    srv = GenericServer(strict=False)
+    try:
+        with RemoteBackend(srv.url) as remote:
+            remote.infill_batch([InfillRequest("x = ", "\n", 4, time_budget_ms=9)])
+    finally:
+        srv.close()
+    assert srv.bodies[-1]["temperature"] == 0.0 and srv.bodies[-1]["time_budget_ms"] == 9

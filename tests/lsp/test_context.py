@@ -118,3 +118,24 @@ def test_an_anchored_prefix_cut_stays_put_while_typing():
     free_moves = sum(a != b for a, b in zip(free_starts, free_starts[1:]))
     assert free_moves > 100  # without the anchor the cut moves with nearly every line typed
     assert moves <= 12  # with it: only when the budget is outgrown (then at 75%, so rarely)
+
+
+class _Words:
+    """A backend stand-in for ``_prepare``: counts words."""
+
+    count_tokens = staticmethod(words)
+
+
+def test_the_request_carries_the_time_budget_and_the_line_stop():
+    """``timeBudgetMs`` reaches the engine (0 turns it off); a cursor after code asks for the rest
+    of its line (stop at the newline), a blank line for a block."""
+    from lsp_server.completer import _prepare
+
+    doc = Document("file:///a.py", "def f(x):\n    y = x\n    \n", "python")
+    on_code = build_context(doc, types.Position(1, 9), Settings())
+    blank = build_context(doc, types.Position(2, 4), Settings())
+    req = _prepare(blank, Settings())(_Words())
+    assert req.time_budget_ms == 1000 and req.stop == ()
+    assert _prepare(blank, Settings(time_budget_ms=0))(_Words()).time_budget_ms is None
+    line = _prepare(on_code, Settings(time_budget_ms=250))(_Words())
+    assert line.stop == ("\n",) and line.time_budget_ms == 250

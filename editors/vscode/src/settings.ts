@@ -19,6 +19,7 @@ export const SERVER_KEYS = [
     'enabled',
     'maxTokens',
     'maxLines',
+    'timeBudgetMs',
     'prefixTokens',
     'suffixTokens',
     'extraContextTokens',
