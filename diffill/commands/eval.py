@@ -58,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="run several decoders in one interleaved run, e.g. ar,q1.0,q0.7,q0.3,tiny: ar = greedy "
         "decoding of the base alone, qX = the model at quality X, tiny = the 1.3M test model, "
+        "prompt = the prompt and one answer token (the floor every decoder's latency sits on), "
         "llama.cpp = the same GGUF through llama-cpp-python (if installed); qX/wN sets the window to N, "
         "a +plain, +int8 or +fp16 suffix forces that CPU weight format (default: as measured at load)",
     )
@@ -199,6 +200,11 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
         tag += " (bf16)" if eng.dtype == torch.bfloat16 else ""
         if base_name == "ar":
             decoders.append(Decoder(f"AR greedy (base alone){tag}", eng, SamplingOptions(decoder="ar"), long))
+        elif base_name == "prompt":
+            # the floor every decoder pays: the prompt and one answer token; what is left of a
+            # row's latency above it is the decoding that a faster decoder can shorten
+            label = f"prompt only (AR, 1 answer token){tag}"
+            decoders.append(Decoder(label, eng, SamplingOptions(decoder="ar"), 1))
         elif base_name.startswith("q"):
             q_text, _, window = base_name[1:].partition("/w")  # "q0.7/w2": a window of 2
             try:
@@ -215,7 +221,7 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
         else:
             raise CommandError(
                 f"--compare: unknown decoder {name!r} "
-                "(ar, qX, qX/wN, tiny, llama.cpp; +plain/+int8/+fp16 on ar and qX)"
+                "(ar, qX, qX/wN, prompt, tiny, llama.cpp; +plain/+int8/+fp16 on ar, prompt and qX)"
             )
     rows = compare(decoders, problems, args.subset, workers=args.workers)
     print(markdown_table(rows, args.subset))
