@@ -37,7 +37,7 @@ from diffill_kernels.rmsnorm import add_rmsnorm, add_rmsnorm_reference, rmsnorm_
 from diffill_kernels.rope import rope_qkv_reference, rope_qkv_to_cache
 from diffill_kernels.swiglu import swiglu, swiglu_reference
 
-from .fp16_weights import pack_linears, use_fp16
+from .fbgemm_weights import pack_linears, use_packed
 from .int8 import quantize_linears, use_int8
 from .kv_cache import KVCache
 
@@ -110,8 +110,8 @@ class Adapted:
 
 
 def _linear(lin: nn.Linear, x: torch.Tensor, ad: Adapted | None, layer: int, name: str) -> torch.Tensor:
-    # weights quantized for a few rows (diffusion_core/int8.py) or packed in fp16 (fp16_weights.py)
-    q = use_int8(lin, x) or use_fp16(lin, x)
+    # weights quantized for a few rows (diffusion_core/int8.py) or packed for fbgemm (fbgemm_weights.py)
+    q = use_int8(lin, x) or use_packed(lin, x)
     y = lin(x) if q is None else q.matmul(x) if lin.bias is None else q.matmul(x) + lin.bias
     if ad is None or ad.rows_from >= x.shape[1]:
         return y
@@ -332,8 +332,8 @@ class Transformer(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM head in fp32 (the sampler compares probabilities, so keep them precise)."""
-        head = self.embed if self.lm_head is None else self.lm_head  # tied: only fp16 packs the embedding
-        q = use_int8(head, hidden) or use_fp16(head, hidden)
+        head = self.embed if self.lm_head is None else self.lm_head  # tied: packing covers the embedding
+        q = use_int8(head, hidden) or use_packed(head, hidden)
         return (F.linear(hidden, self.head_weight) if q is None else q.matmul(hidden)).float()
 
     def quantize_int8(self) -> int:
@@ -344,12 +344,12 @@ class Transformer(nn.Module):
             linears.append(self.lm_head)
         return quantize_linears(linears)
 
-    def pack_fp16(self) -> int:
-        """fp16-packed weights for every inference matmul on the CPU: every block linear and the
-        LM head (tied: the embedding, whose rows are then the fp16-rounded values too); returns
-        the bytes added. See diffusion_core/fp16_weights.py."""
+    def pack(self, kind: str) -> int:
+        """Weights packed for fbgemm (``kind``: fp16 or w8a8) for every inference matmul on the
+        CPU: every block linear and the LM head (tied: the embedding); returns the bytes added.
+        See diffusion_core/fbgemm_weights.py."""
         linears = [m for blk in self.layers for m in blk.modules() if isinstance(m, nn.Linear)]
-        return pack_linears([*linears, self.embed if self.lm_head is None else self.lm_head])
+        return pack_linears([*linears, self.embed if self.lm_head is None else self.lm_head], kind)
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         p = self.head_weight

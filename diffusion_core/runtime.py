@@ -19,7 +19,7 @@ __all__ = [
     "cpu_threads",
     "fit_threads",
     "WEIGHT_FORMATS",
-    "cpu_weights",
+    "cpu_numerics",
     "matmul_speeds",
     "weight_format_speeds",
 ]
@@ -34,17 +34,34 @@ def cpu_threads() -> int:
 
 
 def cpu_name() -> str:
-    """The CPU's model name as the kernel reports it (results files say which machine ran them)."""
+    """The CPU's model name as the kernel reports it, with its widest matmul instructions
+    (results files say which machine ran them: "AMD EPYC" alone names hosts with AVX2 only and
+    with AVX-512 BF16, whose fast paths differ)."""
+    name, flags = "", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    import platform
+    if not name:
+        import platform
 
-    return platform.processor() or platform.machine()
+        name = platform.processor() or platform.machine()
+    isa = next((label for flag, label in _MATMUL_ISA if flag in flags), None)
+    return f"{name} ({isa})" if isa else name
+
+
+# the first of these a CPU has names its matmul class (AMX > AVX-512 BF16 > AVX-512 > AVX2)
+_MATMUL_ISA = (
+    ("amx_bf16", "AMX"),
+    ("avx512_bf16", "AVX-512 BF16"),
+    ("avx512f", "AVX-512"),
+    ("avx2", "AVX2"),
+)
 
 
 def fit_threads() -> int:
@@ -98,63 +115,97 @@ def bf16_is_faster(margin: float = 1.2) -> bool:
     return s["bf16"] * margin < s["fp32"]
 
 
-WEIGHT_FORMATS = ("plain", "int8", "fp16")  # how the CPU holds the matmul weights (see load_coder)
+WEIGHT_FORMATS = ("plain", "int8", "fp16", "w8a8")  # how the CPU holds the matmul weights (see load_coder)
+_FP32_ONLY = ("fp16", "w8a8")  # fbgemm's packed formats take fp32 activations
+PROMPT_ROWS, ANSWER_STEPS = 256, 8  # a typical single-line request: its prompt, its one-row steps
 
 
 def _can_run(fmt: str, dtype: torch.dtype) -> bool:
-    from .fp16_weights import fp16_available
+    from .fbgemm_weights import packed_available
     from .int8 import int8_available
 
     if fmt == "int8":
         return int8_available()
-    if fmt == "fp16":
-        return dtype == torch.float32 and fp16_available()
+    if fmt in _FP32_ONLY:
+        return dtype == torch.float32 and packed_available(fmt)
     return fmt == "plain"
 
 
+def _offered(fmt: str, dtype: torch.dtype) -> bool:
+    """Formats the measured choice may pick: w8a8 only with VNNI, where its activations keep 8
+    bits (fbgemm_weights.py: 7 bits measured 4 points of pass@1 worse); forcing it works anywhere."""
+    from .fbgemm_weights import has_vnni
+
+    return _can_run(fmt, dtype) and (fmt != "w8a8" or has_vnni())
+
+
 @functools.lru_cache(maxsize=4)
-def weight_format_speeds(dtype: torch.dtype, n: int = 896, repeats: int = 8) -> dict[str, float]:
-    """Seconds per one-row [1, n] x [n, 5n] matmul (the memory-bound shape of a decoding step)
-    for each weight format this build runs with ``dtype`` activations: ``plain`` (the weight in
-    ``dtype``), ``int8`` (diffusion_core/int8.py), ``fp16`` (fp16_weights.py, fp32 only).
-    Measured once per process."""
-    from .fp16_weights import Fp16Weight
-    from .int8 import Int8Weight
+def weight_format_speeds(dtypes: tuple[torch.dtype, ...], n: int = 896, repeats: int = 4) -> dict:
+    """Seconds the matmuls of a typical single-line request take on one [n, 5n] weight: one
+    :data:`PROMPT_ROWS`-row call (the prompt, compute-bound) and :data:`ANSWER_STEPS` one-row
+    calls (the decoding steps, bound by reading the weight), for every ``(dtype, format)`` the
+    choice may pick with those activation dtypes: ``plain`` (the weight in ``dtype``), ``int8``
+    (diffusion_core/int8.py: its few-row path, else plain), ``fp16`` and ``w8a8``
+    (fbgemm_weights.py, fp32 only). Measured interleaved, once per process."""
+    from .fbgemm_weights import pack_weight
+    from .int8 import MAX_ROWS, Int8Weight
 
-    w = torch.randn(5 * n, n, dtype=dtype)
-    x = torch.randn(1, n, dtype=dtype)
-    calls: dict[str, Callable[[], object]] = {"plain": lambda: torch.nn.functional.linear(x, w)}
-    if _can_run("int8", dtype):
-        q = Int8Weight.quantize(w)
-        try:
-            q.matmul(x)
-            calls["int8"] = lambda: q.matmul(x)
-        except RuntimeError:  # no int8 kernel for this dtype on this build
-            pass
-    if _can_run("fp16", dtype):
-        h = Fp16Weight.pack(w)
-        calls["fp16"] = lambda: h.matmul(x)
-    out = _best_seconds(calls, repeats)
-    return out
+    linear = torch.nn.functional.linear
+    calls: dict[tuple[torch.dtype, str], Callable[[], object]] = {}
+    for dt in dtypes:
+        w = torch.randn(5 * n, n, dtype=dt)
+        xs = [torch.randn(PROMPT_ROWS, n, dtype=dt)] + [torch.randn(1, n, dtype=dt)] * ANSWER_STEPS
+
+        def request(mm: Callable[[torch.Tensor], torch.Tensor], xs: list = xs) -> None:
+            for x in xs:
+                mm(x)
+
+        calls[(dt, "plain")] = functools.partial(request, functools.partial(linear, weight=w))
+        if _offered("int8", dt):
+            q = Int8Weight.quantize(w)
+            try:
+                q.matmul(xs[-1])
+            except RuntimeError:  # no int8 kernel for this dtype on this build
+                pass
+            else:
+                few = lambda x, q=q, w=w: q.matmul(x) if x.shape[0] <= MAX_ROWS else linear(x, w)  # noqa: E731
+                calls[(dt, "int8")] = functools.partial(request, few)
+        for fmt in _FP32_ONLY:
+            if _offered(fmt, dt):
+                calls[(dt, fmt)] = functools.partial(request, pack_weight(w, fmt)[0].matmul)
+    return _best_seconds(calls, repeats)
 
 
-def cpu_weights(dtype: torch.dtype, forced: str | None = None, margin: float = 1.3) -> str:
-    """The weight format for a CPU model with ``dtype`` activations: ``forced`` when given, else
-    ``$DIFFILL_WEIGHTS``; ``auto`` (the default) is the fastest of :func:`weight_format_speeds`
-    when it is at least ``margin`` times faster than ``plain``, else ``plain``. A format this
-    build or dtype cannot run (``fp16`` needs fp32 activations) or an unknown value is refused
-    with a ValueError that names it."""
+def cpu_numerics(
+    dtype: torch.dtype | None, forced: str | None = None, margin: float = 1.3
+) -> tuple[torch.dtype, str]:
+    """The activation dtype and weight format of a CPU model: ``dtype`` when given (or
+    ``$DIFFILL_CPU_DTYPE``; else bf16 where it measures faster than fp32, :func:`bf16_is_faster`),
+    and the weight format
+    ``forced`` (else ``$DIFFILL_WEIGHTS``). ``auto`` (the default) measures every pair
+    :func:`weight_format_speeds` offers, the dtype's too when it was not given, and takes the
+    fastest when it is at least ``margin`` times faster than plain weights in the default dtype
+    (a format that changes answers must pay for it), else that. A format this build or dtype
+    cannot run (fp16 and w8a8 need fp32 activations) or an unknown value is refused with a
+    ValueError that names it."""
     where = "weights" if forced is not None else "DIFFILL_WEIGHTS"
     mode = (forced if forced is not None else os.environ.get("DIFFILL_WEIGHTS", "auto")).strip().lower()
-    if mode == "auto" or not mode:
-        speeds = weight_format_speeds(dtype)
-        best = min(speeds, key=speeds.get)
-        return best if speeds[best] * margin < speeds["plain"] else "plain"
-    if mode not in WEIGHT_FORMATS:
+    mode = mode or "auto"
+    if mode != "auto" and mode not in WEIGHT_FORMATS:
         raise ValueError(f"{where}={mode!r}: use auto, {', '.join(WEIGHT_FORMATS)}")
-    if not _can_run(mode, dtype):
-        raise ValueError(f"{where}={mode!r}: this build cannot run {mode} weights with {dtype} inputs")
-    return mode
+    # $DIFFILL_CPU_DTYPE (bf16_is_faster) fixes the dtype as an argument would
+    env_dtype = os.environ.get("DIFFILL_CPU_DTYPE", "").strip().lower()
+    fixed = dtype is not None or env_dtype in ("bf16", "bfloat16", "fp32", "float32")
+    default = dtype if dtype is not None else torch.bfloat16 if bf16_is_faster() else torch.float32
+    if mode != "auto":
+        dt = torch.float32 if not fixed and mode in _FP32_ONLY else default
+        if not _can_run(mode, dt):
+            raise ValueError(f"{where}={mode!r}: this build cannot run {mode} weights with {dt} inputs")
+        return dt, mode
+    dtypes = (default,) if fixed else tuple(dict.fromkeys((default, torch.float32)))
+    speeds = weight_format_speeds(dtypes)
+    best = min(speeds, key=speeds.get)
+    return best if speeds[best] * margin < speeds[(default, "plain")] else (default, "plain")
 
 
 # --------------------------------------------------------------------------------- devices / dtypes

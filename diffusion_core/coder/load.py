@@ -19,7 +19,7 @@ import torch
 from ..checkpoint import CheckpointError, load_model, load_tokenizer, read_config, resolve_device
 from ..families import FamilySpec
 from ..model import Transformer
-from ..runtime import cpu_weights, fit_threads
+from ..runtime import cpu_numerics, fit_threads
 from ..tokenizer import Tokenizer
 from .adapter import Adapter, AdapterError, load_adapter
 from .family import FIM_ORDERS, coder_family
@@ -68,19 +68,24 @@ class LoadedCoder:
     base_dir: Path
     adapter_dir: Path
     config: dict[str, Any]
-    weights: str = "plain"  # CPU weight format (runtime.WEIGHT_FORMATS): plain, int8 or fp16
+    weights: str = "plain"  # CPU weight format (runtime.WEIGHT_FORMATS): plain, int8, fp16 or w8a8
     weights_bytes: int = 0  # what the int8 or fp16 copies add
 
 
-def coder_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA; on the CPU bf16 where it measures faster than fp32 (AMX), else fp32."""
+def coder_numerics(
+    dtype: str | torch.dtype | None, device: torch.device, weights: str | None
+) -> tuple[torch.dtype, str]:
+    """bf16 and plain weights on CUDA; on the CPU the dtype and weight format measured fastest
+    for a typical request (runtime.cpu_numerics), what the caller fixed kept."""
     from ..checkpoint import resolve_dtype
 
-    if dtype is not None or device.type != "cpu":
-        return resolve_dtype(dtype, device)
-    from ..runtime import bf16_is_faster
-
-    return torch.bfloat16 if bf16_is_faster() else torch.float32
+    fixed = None if dtype is None else resolve_dtype(dtype, device)
+    if device.type != "cpu":
+        return (fixed or resolve_dtype(None, device)), "plain"
+    try:
+        return cpu_numerics(fixed, weights)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def resolve_base(base: str | Path | None, progress: bool = True) -> Path:
@@ -113,15 +118,16 @@ def load_coder(
     weights: str | None = None,
 ) -> LoadedCoder:
     """The base with the adapter on top. ``weights``, the CPU's weight format: ``plain``,
-    ``int8`` (weight-only int8 for few-row calls, diffusion_core/int8.py) or ``fp16``
-    (fp16-packed weights for every call, fp16_weights.py); None = as ``$DIFFILL_WEIGHTS`` says
-    (default: the fastest measured on this CPU). Ignored off the CPU."""
+    ``int8`` (weight-only int8 for few-row calls, diffusion_core/int8.py), ``fp16`` or ``w8a8``
+    (weights packed for fbgemm, every call, fp32 activations: fbgemm_weights.py); None = as
+    ``$DIFFILL_WEIGHTS`` says (default: with the dtype, the fastest measured on this CPU).
+    Ignored off the CPU."""
     adapter_dir = Path(adapter_dir)
     cfg = read_config(adapter_dir)
     dev = resolve_device(device)
     if dev.type == "cpu":
         fit_threads()  # before measuring anything
-    dt = coder_dtype(dtype, dev)
+    dt, fmt = coder_numerics(dtype, dev, weights)
     base_dir = resolve_base(base, progress)
     model = load_model(base_dir, device=dev, dtype=dt, layout="qwen2")
     want = (cfg.get("base") or {}).get("shape")
@@ -130,11 +136,7 @@ def load_coder(
             f"the adapter in {adapter_dir} was trained on a base of shape {want}, but {base_dir} has "
             f"{base_shape(model)} (Diffill-Coder needs a Qwen2.5-Coder-0.5B or -0.5B-Instruct base)"
         )
-    try:
-        fmt = cpu_weights(dt, weights) if dev.type == "cpu" else "plain"
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    added = {"plain": lambda: 0, "int8": model.quantize_int8, "fp16": model.pack_fp16}[fmt]()
+    added = model.quantize_int8() if fmt == "int8" else model.pack(fmt) if fmt != "plain" else 0
     tok, _ = load_tokenizer(base_dir)
     try:
         # fp32 factors on the CPU (thin matmuls run faster than in bf16 there); the model's dtype on GPUs

@@ -31,7 +31,7 @@ PROBLEMS = [
 ]
 
 
-def test_compare_runs_every_decoder_and_the_prompt_floor(tmp_path: Path, coder_dirs: tuple[Path, Path]) -> None:
+def test_compare_runs_every_decoder_and_the_prompt_floor(tmp_path: Path, coder_dirs: tuple[Path, Path]):
     base, adapter = coder_dirs
     data = tmp_path / "data"
     data.mkdir()

@@ -91,10 +91,10 @@ def test_the_quantized_model_stays_close_to_the_original(engines: tuple[Engine, 
 
 
 def test_the_int8_choice_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
-    from diffusion_core.runtime import cpu_weights
+    from diffusion_core.runtime import cpu_numerics
 
     monkeypatch.setenv("DIFFILL_WEIGHTS", "int8")
-    assert cpu_weights(torch.bfloat16) == "int8"
+    assert cpu_numerics(torch.bfloat16) == (torch.bfloat16, "int8")
     monkeypatch.setenv("DIFFILL_WEIGHTS", "plain")
-    assert cpu_weights(torch.bfloat16) == "plain"
+    assert cpu_numerics(torch.bfloat16) == (torch.bfloat16, "plain")
     assert int8.MAX_ROWS == MAX_ROWS
