@@ -20,7 +20,10 @@ the order of accumulation, so quality 1 stays the base's own greedy answer (of t
 base). A w8a8 path also rounds the activations, so no weight could make the two paths agree:
 its linears keep their weights as they are (a tied embedding's lookups stay exact), the tests
 check the packed path against a plain reference of exactly its rounding, and the README's
-tables measure what it costs in pass@1.
+tables measure what it costs in pass@1. Its activation scale is one per call, so a row's result
+depends a little on the rows computed with it: quality 1 is then the greedy answer of the w8a8
+base only up to that rounding (at window 1, one row per step, the default and AR gave the same
+100 completions), and reused context K/V matches a recomputation only up to it too.
 """
 
 from __future__ import annotations

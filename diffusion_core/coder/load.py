@@ -69,7 +69,7 @@ class LoadedCoder:
     adapter_dir: Path
     config: dict[str, Any]
     weights: str = "plain"  # CPU weight format (runtime.WEIGHT_FORMATS): plain, int8, fp16 or w8a8
-    weights_bytes: int = 0  # what the int8 or fp16 copies add
+    weights_bytes: int = 0  # what the int8 or packed (fp16, w8a8) copies add
 
 
 def coder_numerics(

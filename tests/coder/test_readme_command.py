@@ -44,7 +44,8 @@ def test_the_readme_command_completes_hello_py() -> None:
         capture_output=True,
         text=True,
         timeout=900,
-        env={k: v for k, v in os.environ.items() if k != "DIFFILL_WINDOW"},  # as a user runs it: measured
+        # as a user runs it: window and weight format measured
+        env={k: v for k, v in os.environ.items() if k not in ("DIFFILL_WINDOW", "DIFFILL_WEIGHTS")},
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "return n", (r.stdout, r.stderr[-2000:])
