@@ -207,3 +207,14 @@ def coder_engines(coder_dirs: tuple[Path, Path], dtype: str, *weights: str) -> t
     return tuple(
         Engine.from_pretrained(adapter, base=base, device="cpu", dtype=dtype, weights=w) for w in weights
     )
+
+
+def assert_next_tokens_close(a: Engine, b: Engine, ids: torch.Tensor, max_tv: float = 0.05) -> None:
+    """Two engines' next-token distributions over ``ids`` differ by at most ``max_tv`` (total
+    variation) at every position and agree on the most likely token."""
+    with torch.inference_mode():
+        p = torch.softmax(a.model.logits(a.model(ids, causal=True)[0]), -1)
+        q = torch.softmax(b.model.logits(b.model(ids, causal=True)[0]), -1)
+    tv = 0.5 * (p - q).abs().sum(-1)
+    assert float(tv.max()) < max_tv, tv
+    assert torch.equal(p.argmax(-1), q.argmax(-1))

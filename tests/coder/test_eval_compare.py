@@ -4,39 +4,17 @@ on: the prompt and one answer token)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
-from diffill.cli import main
+from humaneval_toys import PROBLEMS, write_data
 
-# made-up problems in the benchmark's format (no benchmark text is copied into the repository)
-PROBLEMS = [
-    {
-        "task_id": "Toy/0",
-        "entry_point": "double",
-        "prompt": "def double(x):\n",
-        "canonical_solution": "    return 2 * x\n",
-        "suffix": "",
-        "test": "def check(f):\n    assert f(2) == 4\n",
-    },
-    {
-        "task_id": "Toy/1",
-        "entry_point": "inc",
-        "prompt": "def inc(x):\n    y = x + 1\n",
-        "canonical_solution": "    return y\n",
-        "suffix": "",
-        "test": "def check(f):\n    assert f(1) == 2\n",
-    },
-]
+from diffill.cli import main
 
 
 def test_compare_runs_every_decoder_and_the_prompt_floor(tmp_path: Path, coder_dirs: tuple[Path, Path]):
     base, adapter = coder_dirs
-    data = tmp_path / "data"
-    data.mkdir()
-    with gzip.open(data / "HumanEval-SingleLineInfilling.jsonl.gz", "wt") as fh:
-        fh.writelines(json.dumps(p) + "\n" for p in PROBLEMS)
+    data = write_data(tmp_path)
     out = tmp_path / "out"
     args = ["eval", "humaneval-infilling", "--subset", "single-line", "--data", str(data)]
     args += ["--model", str(adapter), "--base", str(base), "--device", "cpu", "--dtype", "float32"]

@@ -11,7 +11,7 @@ from diffusion_core import int8
 from diffusion_core.engine import Engine
 from diffusion_core.int8 import MAX_ROWS, Int8Weight, int8_available
 
-from .conftest import coder_engines
+from .conftest import assert_next_tokens_close, coder_engines
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch has no weight-only int8 kernel")
 
@@ -82,12 +82,7 @@ def test_the_quantized_model_stays_close_to_the_original(engines: tuple[Engine, 
     assert quant.about["cpu_weights"]["format"] == "int8" and quant.about["cpu_weights"]["added_mb"] > 0
     assert plain.about["cpu_weights"] == {"format": "plain", "added_mb": 0.0}
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
-    with torch.inference_mode():
-        p = torch.softmax(plain.model.logits(plain.model(ids, causal=True)[0]), -1)
-        q = torch.softmax(quant.model.logits(quant.model(ids, causal=True)[0]), -1)
-    tv = 0.5 * (p - q).abs().sum(-1)
-    assert float(tv.max()) < 0.05, tv
-    assert torch.equal(p.argmax(-1), q.argmax(-1))
+    assert_next_tokens_close(plain, quant, ids)
 
 
 def test_the_int8_choice_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
