@@ -21,9 +21,11 @@ base). A w8a8 path also rounds the activations, so no weight could make the two 
 its linears keep their weights as they are (a tied embedding's lookups stay exact), the tests
 check the packed path against a plain reference of exactly its rounding, and the README's
 tables measure what it costs in pass@1. Its activation scale is one per call, so a row's result
-depends a little on the rows computed with it: quality 1 is then the greedy answer of the w8a8
-base only up to that rounding (at window 1, one row per step, the default and AR gave the same
-100 completions), and reused context K/V matches a recomputation only up to it too.
+depends a little on the other rows of its request's call: quality 1 is then the greedy answer of
+the w8a8 base only up to that rounding (at window 1, one row per step, the default and AR gave
+the same 100 completions), and reused context K/V matches a recomputation only up to it too.
+Rows of *different* requests in one call (a batch) are rounded per request (``groups``, see
+:class:`GroupScaled`): no request's rows depend on another's by a single bit.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from torch import nn
 __all__ = [
     "PACKED_KINDS",
     "PackedWeight",
+    "GroupScaled",
     "has_vnni",
     "pack_linears",
     "pack_weight",
@@ -75,11 +78,12 @@ def packed_available(kind: str) -> bool:
 class PackedWeight:
     packed: object  # fbgemm's packed weight (opaque)
     out_features: int
-    run: Callable[[torch.Tensor], torch.Tensor]  # the op on a 2-D input, looked up once (hot path)
+    run: Callable[..., torch.Tensor]  # the op on a 2-D input (and groups), looked up once (hot path)
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for fp32 ``x`` [..., in]; fp32 out."""
-        y = self.run(x.reshape(-1, x.shape[-1]).contiguous())
+    def matmul(self, x: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W.T`` for fp32 ``x`` [..., in]; fp32 out. ``groups`` (long, one per row of the
+        flattened ``x``): rows of different groups never affect each other (see GroupScaled)."""
+        y = self.run(x.reshape(-1, x.shape[-1]).contiguous(), groups)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -90,7 +94,7 @@ def pack_weight(weight: torch.Tensor, kind: str) -> tuple[PackedWeight, torch.Te
     if kind == "fp16":
         packed = ops.linear_prepack_fp16(w, None)
         fp16 = ops.linear_dynamic_fp16
-        return PackedWeight(packed, w.shape[0], lambda x: fp16(x, packed)), w.half().float()
+        return PackedWeight(packed, w.shape[0], lambda x, groups=None: fp16(x, packed)), w.half().float()
     if kind == "w8a8":
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
         with warnings.catch_warnings():  # quantized tensors are deprecated; if a torch drops them,
@@ -98,10 +102,56 @@ def pack_weight(weight: torch.Tensor, kind: str) -> tuple[PackedWeight, torch.Te
             q = torch.quantize_per_channel(
                 w, scale, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8
             )
-        packed = ops.linear_prepack(q, None)
-        dyn, reduce_range = ops.linear_dynamic, not has_vnni()
-        return PackedWeight(packed, w.shape[0], lambda x: dyn(x, packed, reduce_range)), q.dequantize()
+        values = q.dequantize()
+        run = GroupScaled(ops.linear_prepack(q, None), values.sum(dim=1), not has_vnni())
+        return PackedWeight(run.packed, w.shape[0], run), values
     raise ValueError(f"unknown packed weight kind {kind!r} (use {', '.join(PACKED_KINDS)})")
+
+
+class GroupScaled:
+    """fbgemm's dynamic int8 linear, with one activation scale per call or per group of rows.
+
+    fbgemm quantizes a call's whole input with one scale from its range. For one request's rows
+    that is the w8a8 format itself; but rows of several requests packed into one call (batching)
+    would then depend on each other: one user's context could change another's completion. Given
+    ``groups`` (each row's group), each group is quantized with the scale and zero point fbgemm
+    would choose for it alone (its range with 0): its rows are mapped affinely onto a fixed grid
+    (step 1/H, zero point H, which an extra row holding the grid's ends forces fbgemm to choose)
+    shifted by the group's zero point, and the shift comes back out through the weight's row
+    sums. The int32 accumulation is exact, so a row's result is a function of its group's rows
+    only, bitwise, whatever else is in the call; against the group's own call it is the same
+    quantization up to the float rounding of the mapping (a rare one-step difference).
+    """
+
+    def __init__(self, packed: object, row_sums: torch.Tensor, reduce_range: bool) -> None:
+        self.packed, self.row_sums, self.reduce_range = packed, row_sums, reduce_range
+        self.qmax = 127 if reduce_range else 255  # fbgemm's activation range (7 bits without VNNI)
+        self.half = (self.qmax + 1) // 2
+        self.top = (self.half - 1) / self.half
+        self.op = torch.ops.quantized.linear_dynamic
+
+    def __call__(self, x: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        if groups is None:
+            return self.op(x, self.packed, self.reduce_range)
+        n, k = x.shape
+        lo_row, hi_row = torch.aminmax(x, dim=1)
+        count = int(groups.max()) + 1
+        zeros = x.new_zeros(count)  # the range always takes in 0
+        lo = zeros.scatter_reduce(0, groups, lo_row, "amin")[groups, None]
+        hi = zeros.scatter_reduce(0, groups, hi_row, "amax")[groups, None]
+        scale = hi.sub_(lo).div_(self.qmax).clamp_(min=SMALL_SCALE)  # what fbgemm picks for the group
+        zero = lo.div_(scale).neg_().round_().clamp_(0, self.qmax)
+        h = self.half
+        grid = x.new_empty(n + 1, k)
+        torch.addcmul((zero - h) / h, x, 1.0 / (scale * h), out=grid[:n]).clamp_(-1.0, self.top)
+        grid[n] = self.top
+        grid[n, 0] = -1.0  # the grid's ends: fbgemm's range, so its scale is 1/H and its zero point H
+        y = self.op(grid, self.packed, self.reduce_range)[:n]
+        # fbgemm gave (1/H) * sum((q - H) * w): undo the grid's step and the zero point's shift
+        return y.mul_(scale * h).addcmul_(scale * (h - zero), self.row_sums)
+
+
+SMALL_SCALE = 6.1e-5  # fbgemm's smallest activation scale (SMALL_SCALE_THRESHOLD)
 
 
 def use_packed(module: nn.Module, x: torch.Tensor) -> PackedWeight | None:

@@ -50,8 +50,9 @@ class Int8Weight:
         """The weight this stands for, in the activation dtype (the reference of :meth:`matmul`)."""
         return (self.q.float() * self.scale.float()[:, None]).to(self.scale.dtype)
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for ``x`` [..., in] in the scale's dtype."""
+    def matmul(self, x: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W.T`` for ``x`` [..., in] in the scale's dtype. ``groups`` is not needed: the
+        activations are not rounded, so rows never depend on each other."""
         flat = x.reshape(-1, x.shape[-1]).contiguous()
         y = torch._weight_int8pack_mm(flat, self.q, self.scale)
         return y.reshape(*x.shape[:-1], y.shape[-1])

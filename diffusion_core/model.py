@@ -15,16 +15,20 @@ reference there:
     add+RMSNorm -> qkv GEMM -> RoPE (+QK-norm) + K/V cache write -> attention -> o_proj GEMM
     -> add+RMSNorm -> gate_up GEMM -> SwiGLU -> down GEMM
 
-It works in two modes, both exact:
+It works in three modes, all exact:
 - ``forward(ids, positions, key_mask, cache=...)``: the whole canvas; optionally writes every
   position's K/V into a :class:`~diffusion_core.kv_cache.KVCache`.
 - ``forward(ids_window, positions_window, key_mask, cache=cache, start=s)``: only the window
   ``[s, s + w)`` is recomputed; its K/V overwrite the cache slice and its queries attend to the
   whole cache (prefix + middle + suffix). This is what makes DualCache decoding cheap.
+- ``forward(ids, segments=[...])``: several requests' rows packed into one ``[1, T]`` call
+  (Diffill-Coder's batched steps): the GEMMs, where the weights are read, run once over every
+  row; each :class:`Segment`'s rows then attend over its own cache, as they would alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -109,10 +113,35 @@ class Adapted:
     rows_from: int = 0
 
 
-def _linear(lin: nn.Linear, x: torch.Tensor, ad: Adapted | None, layer: int, name: str) -> torch.Tensor:
+@dataclass
+class Segment:
+    """One request's rows in a packed forward: which of the packed rows are its own (in position
+    order), its own cache, the position the first of them takes there and its attention mask
+    ``[1, 1, len(rows), T_keys]``. Rows of different segments never see each other."""
+
+    rows: torch.Tensor  # long [t], indices into the packed rows
+    cache: KVCache
+    start: int
+    attn_mask: torch.Tensor
+
+
+def segment_groups(rows: Sequence[torch.Tensor], total: int) -> torch.Tensor:
+    """Each of ``total`` packed rows' segment index, given each segment's rows: what a matmul that
+    rounds its input per call (w8a8) needs to round each request's rows as if they were alone."""
+    groups = torch.empty(total, dtype=torch.long, device=rows[0].device)
+    for i, r in enumerate(rows):
+        groups[r] = i
+    return groups
+
+
+def _linear(lin: nn.Linear, x: torch.Tensor, p: _Pass, layer: int, name: str) -> torch.Tensor:
     # weights quantized for a few rows (diffusion_core/int8.py) or packed for fbgemm (fbgemm_weights.py)
     q = use_int8(lin, x) or use_packed(lin, x)
-    y = lin(x) if q is None else q.matmul(x) if lin.bias is None else q.matmul(x) + lin.bias
+    ad = p.adapted
+    if q is None:
+        y = lin(x)
+    else:
+        y = q.matmul(x, p.groups) if lin.bias is None else q.matmul(x, p.groups) + lin.bias
     if ad is None or ad.rows_from >= x.shape[1]:
         return y
     s = ad.rows_from
@@ -154,8 +183,8 @@ def rope_cos_sin(
 class _Pass:
     """What every layer of one forward shares."""
 
-    cos: torch.Tensor  # fp32 [B, T, head_dim], computed once for all layers
-    sin: torch.Tensor
+    cos: torch.Tensor | None  # fp32 [B, T, head_dim], computed once for all layers (None: packed)
+    sin: torch.Tensor | None
     key_mask: torch.Tensor | None  # bool [B, T_keys]: the attention kernel's mask
     attn_mask: torch.Tensor | None  # bool [B, 1, 1|T, T_keys]: SDPA's (the key mask, or a pattern)
     causal: bool
@@ -165,6 +194,8 @@ class _Pass:
     adapted: Adapted | None
     kernels: bool  # fused kernels (each falls back to its reference where it cannot run) or references
     scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # kernels, no cache: K/V all layers reuse
+    segments: list[tuple[torch.Tensor, _Pass]] | None = None  # packed forward: each segment's rows, pass
+    groups: torch.Tensor | None = None  # packed forward: each row's segment (w8a8 quantizes each alone)
 
 
 class Attention(nn.Module):
@@ -180,9 +211,19 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
 
     def forward(self, x: torch.Tensor, layer: int, p: _Pass) -> torch.Tensor:
+        qkv = _linear(self.qkv, x, p, layer, "qkv")
+        if p.segments is None:
+            out = self._attend(qkv, layer, p)
+        else:  # packed rows: each segment attends over its own cache, as it would alone
+            out = qkv.new_empty((*qkv.shape[:2], self.n_q))
+            for rows, sp in p.segments:
+                out[:, rows] = self._attend(qkv[:, rows], layer, sp)
+        return _linear(self.o_proj, out, p, layer, "o_proj")
+
+    def _attend(self, qkv: torch.Tensor, layer: int, p: _Pass) -> torch.Tensor:
+        """RoPE, the K/V write and attention for the rows of ``qkv``: [B, T, H * D] out."""
         cfg = self.cfg
-        t = x.shape[1]
-        qkv = _linear(self.qkv, x, p.adapted, layer, "qkv")
+        t = qkv.shape[1]
         norms = (self.q_norm.weight, self.k_norm.weight) if cfg.qk_norm else (None, None)
         heads = (cfg.num_heads, cfg.num_kv_heads)
         if p.kernels:  # RoPE (+QK-norm) and the K/V write in one kernel, straight into the cache
@@ -199,7 +240,7 @@ class Attention(nn.Module):
             if p.cache is not None:
                 p.cache.write(layer, int(p.start), k, v)
                 k, v = p.cache.read(layer)
-        return _linear(self.o_proj, attention(q, k, v, p), p.adapted, layer, "o_proj")
+        return attention(q, k, v, p)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: _Pass) -> torch.Tensor:
@@ -228,9 +269,9 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, layer: int, p: _Pass) -> torch.Tensor:
-        gate_up = _linear(self.gate_up, x, p.adapted, layer, "gate_up")
+        gate_up = _linear(self.gate_up, x, p, layer, "gate_up")
         act = swiglu(gate_up) if p.kernels else swiglu_reference(gate_up)
-        return _linear(self.down_proj, act, p.adapted, layer, "down_proj")
+        return _linear(self.down_proj, act, p, layer, "down_proj")
 
 
 class Block(nn.Module):
@@ -283,6 +324,7 @@ class Transformer(nn.Module):
         causal: bool = False,
         attn_mask: torch.Tensor | None = None,
         adapted: Adapted | None = None,
+        segments: Sequence[Segment] | None = None,
     ) -> torch.Tensor:
         """Hidden states after the final norm, [B, T, hidden]. The one forward: each op runs its
         fused kernel (CUDA, or forced by ``use_kernels``; never with autograd on) or the kernel's
@@ -299,7 +341,13 @@ class Transformer(nn.Module):
         cannot say (Diffill-Coder's causal context with a bidirectional block); replaces key_mask.
         With a cache, T_keys may be shorter than the cache: keys past it are not read at all.
         adapted: an adapter applied to the rows from ``adapted.rows_from`` on.
+        segments: ``input_ids`` [1, T] packs several requests' rows (each :class:`Segment` names
+        its rows, cache, start and mask; the call's own cache/start/attn_mask are unused). The
+        weights are read once for all of them: what batching buys where a step is bound by
+        reading weights.
         """
+        if segments is not None:
+            return self._packed(input_ids, segments, adapted)
         if causal and cache is not None:
             raise ValueError("causal=True is for whole-sequence forwards; pass attn_mask with a cache")
         on = input_ids.is_cuda if self.use_kernels is None else self.use_kernels
@@ -323,18 +371,45 @@ class Transformer(nn.Module):
         if kernels and cache is None:
             k = x.new_empty((b, self.cfg.num_kv_heads, t, self.cfg.head_dim))
             p.scratch = (k, torch.empty_like(k))
+        return self._blocks(x, p)
+
+    def _packed(
+        self, input_ids: torch.Tensor, segments: Sequence[Segment], adapted: Adapted | None
+    ) -> torch.Tensor:
+        """The packed forward: one pass per segment (its positions, cache, mask) for attention;
+        everything else over all rows at once."""
+        if input_ids.shape[0] != 1:
+            raise ValueError("a packed forward takes its rows as one sequence: input_ids [1, T]")
+        on = input_ids.is_cuda if self.use_kernels is None else self.use_kernels
+        kernels = bool(on) and not torch.is_grad_enabled()
+        parts = []
+        for seg in segments:
+            t = seg.rows.numel()
+            pos = torch.arange(seg.start, seg.start + t, device=input_ids.device)[None]
+            cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)
+            sp = _Pass(cos, sin, None, seg.attn_mask, False, True, seg.cache, seg.start, None, kernels)
+            parts.append((seg.rows, sp))
+        x = self.embed(input_ids)
+        if adapted is not None:
+            x = adapted.adapter.embed_masks(input_ids, x)
+        p = _Pass(None, None, None, None, False, True, None, 0, adapted, kernels, segments=parts)
+        p.groups = segment_groups([seg.rows for seg in segments], input_ids.shape[1])
+        return self._blocks(x, p)
+
+    def _blocks(self, x: torch.Tensor, p: _Pass) -> torch.Tensor:
         norms = [blk.attn_norm for blk in self.layers] + [self.norm]
-        norm = add_rmsnorm if kernels else add_rmsnorm_reference
+        norm = add_rmsnorm if p.kernels else add_rmsnorm_reference
         normed, residual = norm(x, None, norms[0].weight, norms[0].eps)
         for i, layer in enumerate(self.layers):
             normed, residual = layer(normed, residual, norms[i + 1], i, p)
         return normed
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM head in fp32 (the sampler compares probabilities, so keep them precise)."""
+    def logits(self, hidden: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """LM head in fp32 (the sampler compares probabilities, so keep them precise). ``groups``:
+        each row's request where one call holds several (see :func:`segment_groups`)."""
         head = self.embed if self.lm_head is None else self.lm_head  # tied: packing covers the embedding
         q = use_int8(head, hidden) or use_packed(head, hidden)
-        return (F.linear(hidden, self.head_weight) if q is None else q.matmul(hidden)).float()
+        return (F.linear(hidden, self.head_weight) if q is None else q.matmul(hidden, groups)).float()
 
     def quantize_int8(self) -> int:
         """Weight-only int8 for few-row calls on every block linear and an untied LM head (the

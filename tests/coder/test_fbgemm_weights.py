@@ -68,11 +68,40 @@ def test_w8a8_matmul_is_its_plain_reference(rows: int, vnni: bool, monkeypatch: 
     packed, _ = pack_weight(w, "w8a8")
     out = packed.matmul(x)
     assert out.shape == (2, rows, 300) and out.dtype == torch.float32
-    # one activation scale for the whole call (both [rows, 96] slices), as fbgemm quantizes it
+    # one request's call: one activation scale for all its rows (both [rows, 96] slices)
     ref = w8a8_reference(x.reshape(-1, 96), w, reduce_range=not vnni).reshape(out.shape)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     # the rounding is real: the unquantized product differs by far more than the tolerance
     assert (F.linear(x, w) - out).abs().max() > 1e-3
+
+
+@needs_w8a8
+@pytest.mark.parametrize("vnni", [True, False], ids=["8-bit", "7-bit"])
+def test_w8a8_rounds_each_group_of_rows_as_its_own_call(vnni: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of several requests in one call (a batch): each request's rows get the rounding of
+    their own call, and nothing another request sends changes them by a bit."""
+    monkeypatch.setattr(fbgemm_weights, "has_vnni", lambda: vnni)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(300, 96, generator=gen) * 0.05
+    packed, _ = pack_weight(w, "w8a8")
+    mine, theirs = torch.randn(3, 96, generator=gen) * 3, torch.randn(4, 96, generator=gen) * 0.5
+    groups = torch.tensor([1, 0, 1, 0, 0, 1, 0])  # interleaved, as a packed forward lays them out
+    at = [torch.nonzero(groups == g).flatten() for g in (0, 1)]
+
+    def call(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        x = torch.empty(7, 96)
+        x[at[0]], x[at[1]] = b, a
+        return packed.matmul(x, groups)
+
+    out = call(mine, theirs)
+    for rows, x in ((at[1], mine), (at[0], theirs)):  # its own call: the reference's rounding above
+        torch.testing.assert_close(out[rows], packed.matmul(x), rtol=1e-5, atol=1e-5)
+    for louder in (theirs * 40, -theirs, torch.zeros_like(theirs)):
+        assert torch.equal(call(mine, louder)[at[1]], out[at[1]])
+    # without groups one scale spans the call: the quiet request's rows would move
+    x = torch.empty(7, 96)
+    x[at[0]], x[at[1]] = theirs * 40, mine
+    assert (packed.matmul(x)[at[1]] - out[at[1]]).abs().max() > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +127,9 @@ def test_every_inference_matmul_takes_the_packed_weights(
         assert all(torch.equal(p, ref[name]) for name, p in m.named_parameters())
     rows: list[int] = []
     real = PackedWeight.matmul
-    monkeypatch.setattr(PackedWeight, "matmul", lambda self, x: rows.append(x.shape[-2]) or real(self, x))
+    monkeypatch.setattr(
+        PackedWeight, "matmul", lambda self, x, groups=None: rows.append(x.shape[-2]) or real(self, x, groups)
+    )
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
     with torch.inference_mode():
         m.logits(m(ids, causal=True)[0])  # 7 rows: packed as well (no row limit)

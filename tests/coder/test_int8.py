@@ -45,7 +45,9 @@ def test_wide_calls_use_the_dequantized_weights_and_few_row_calls_the_kernel(
     assert torch.equal(lin.weight, lin.int8.dequantize())  # both paths compute the same function
     calls: list[int] = []
     real = Int8Weight.matmul
-    monkeypatch.setattr(Int8Weight, "matmul", lambda self, x: calls.append(x.shape[-2]) or real(self, x))
+    monkeypatch.setattr(
+        Int8Weight, "matmul", lambda self, x, groups=None: calls.append(x.shape[-2]) or real(self, x, groups)
+    )
     with torch.inference_mode():
         quant.model(torch.tensor([[5] * (MAX_ROWS + 1)]), causal=True)
         assert calls == []
