@@ -138,10 +138,9 @@ class Engine:
         rules: Sequence[StopRule] = (),
     ):
         if self.family.fim_ids is not None:
-            return [
-                self._sample_coder(c, opts, cancel, rule)
-                for c, rule in zip(canvases, rules or [StopRule(self.tokenizer.decode)] * len(canvases))
-            ]
+            return self._sample_coder(
+                canvases, opts, cancel, rules or [StopRule(self.tokenizer.decode)] * len(canvases)
+            )
         if opts.decoder != "diffusion":
             raise ValueError(
                 f"decoder={opts.decoder!r} needs a causal base model (Diffill-Coder); "
@@ -157,26 +156,34 @@ class Engine:
         return self._sample_fixed(canvases, opts, cancel)
 
     def _sample_coder(
-        self, canvas: Canvas, opts: SamplingOptions, cancel: CancelCheck | None, rule: StopRule
-    ) -> SampleOutput:
-        """Diffill-Coder: causal context once, the middle denoised by the adapter (coder/sampler.py),
-        or with ``decoder="ar"`` the base alone, one token per forward (coder/ar.py)."""
+        self,
+        canvases: list[Canvas],
+        opts: SamplingOptions,
+        cancel: CancelCheck | None,
+        rules: Sequence[StopRule],
+    ) -> list[SampleOutput]:
+        """Diffill-Coder: causal context once, the middles denoised by the adapter together, one
+        packed forward per step (coder/sampler.py), or with ``decoder="ar"`` the base alone, one
+        token per forward and one request at a time (coder/ar.py: the peer it is measured against)."""
         from .coder.ar import ar_sample
-        from .coder.sampler import coder_sample
+        from .coder.sampler import coder_sample_batch
 
         assert self.adapter is not None
-        check = rule if rule.active else None
+        checks = [rule if rule.active else None for rule in rules]
         if opts.decoder == "ar":
-            return ar_sample(self.model, self.family, canvas, cancel, check, self.prefix_cache)
-        return coder_sample(
+            return [
+                ar_sample(self.model, self.family, c, cancel, s, self.prefix_cache)
+                for c, s in zip(canvases, checks)
+            ]
+        return coder_sample_batch(
             self.model,
             self.adapter,
             self.family,
-            canvas,
+            canvases,
             opts,
             self.window,
             cancel,
-            check,
+            checks,
             prefix_cache=self.prefix_cache,
         )
 

@@ -24,7 +24,7 @@ token.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,12 +32,12 @@ import torch
 from ..families import FamilySpec
 from ..interface import CancelCheck, Cancelled, SamplingOptions
 from ..kv_cache import KVCache
-from ..model import Adapted, RowAdapter
+from ..model import Adapted, RowAdapter, Segment
 from ..sampler import Canvas, SampleOutput, _banned, _generator, _score
 from .family import fim_prompt
 from .prefix_cache import PrefixCache
 
-__all__ = ["CoderStats", "coder_sample", "context_ids", "step_mask"]
+__all__ = ["CoderStats", "coder_sample", "coder_sample_batch", "context_ids", "step_mask"]
 
 StopCheck = Callable[[list[int]], bool]
 
@@ -141,18 +141,51 @@ def coder_sample(
     ``prefix_cache`` lends the K/V of an earlier context sharing a prefix with this one (only
     the rest of the context is computed) and keeps this one's for the next request."""
     stats = stats if stats is not None else CoderStats()
-    n = canvas.max_tokens
-    if n == 0:
-        return SampleOutput([], 0, "length")
-    ctx = context_ids(family, canvas.prefix, canvas.suffix)
+    return coder_sample_batch(
+        model, adapter, family, [canvas], opts, window, cancel, [stop], [stats], prefix_cache
+    )[0]
+
+
+@torch.inference_mode()
+def coder_sample_batch(
+    model: torch.nn.Module,
+    adapter: RowAdapter,
+    family: FamilySpec,
+    canvases: Sequence[Canvas],
+    opts: SamplingOptions,
+    window: int,
+    cancel: CancelCheck | None = None,
+    stops: Sequence[StopCheck | None] | None = None,
+    stats: Sequence[CoderStats] | None = None,
+    prefix_cache: PrefixCache | None = None,
+) -> list[SampleOutput]:
+    """:func:`coder_sample` for several middles at once: each step is one forward over every
+    unfinished middle's rows (packed, each attending over its own cache: model.py's
+    :class:`~diffusion_core.model.Segment`) and one LM-head call, so a step reads the weights
+    once for all of them. Each middle follows exactly the rules it follows alone; only the
+    rounding of a GEMM over more rows can differ. A middle that finishes leaves the batch."""
+    stops = list(stops) if stops is not None else [None] * len(canvases)
+    stats = list(stats) if stats is not None else [CoderStats() for _ in canvases]
     window = max(1, min(window, opts.block_size))
-    cache, reused = lend_cache(model, prefix_cache, ctx, len(ctx) + n + 1)
-    before = stats.forwards
+    middles: dict[int, _Middle] = {}  # by canvas; an empty middle needs no forward
     try:
-        return _sample(model, adapter, family, ctx, n, opts, window, cache, reused, cancel, stop, stats)
+        for i, (canvas, stop, st) in enumerate(zip(canvases, stops, stats)):
+            if canvas.max_tokens == 0:
+                continue
+            ctx = context_ids(family, canvas.prefix, canvas.suffix)
+            cache, reused = lend_cache(model, prefix_cache, ctx, len(ctx) + canvas.max_tokens + 1)
+            middles[i] = _Middle(model, family, ctx, canvas.max_tokens, opts, window, cache, reused, stop, st)
+        _run(model, adapter, list(middles.values()), cancel)
+        return [
+            middles[i].output() if i in middles else SampleOutput([], 0, "length")
+            for i in range(len(canvases))
+        ]
     finally:
-        if prefix_cache is not None:  # the context is in the cache once the first forward ran
-            prefix_cache.put(ctx if stats.forwards > before else ctx[:reused], cache)
+        if prefix_cache is not None:  # a context is in its cache once its first forward ran
+            for m in middles.values():
+                prefix_cache.put(
+                    m.ctx if m.stats.forwards > m.forwards_before else m.ctx[: m.reused], m.cache
+                )
 
 
 def lend_cache(
@@ -164,71 +197,149 @@ def lend_cache(
     return prefix_cache.take(ctx, length, lambda m: model.new_cache(1, m))
 
 
-def _sample(
-    model: torch.nn.Module,
-    adapter: RowAdapter,
-    family: FamilySpec,
-    ctx: list[int],
-    n: int,
-    opts: SamplingOptions,
-    window: int,
-    cache: KVCache,
-    reused: int,
-    cancel: CancelCheck | None,
-    stop: StopCheck | None,
-    stats: CoderStats,
-) -> SampleOutput:
+def _run(
+    model: torch.nn.Module, adapter: RowAdapter, middles: list[_Middle], cancel: CancelCheck | None
+) -> None:
+    """Step every unfinished middle until all are done: alone, the plain cached forward (what
+    batch 1 always costs); together, one packed forward and one LM-head call."""
     device = model.head_weight.device
-    L = len(ctx)
-    banned = torch.tensor(_banned(family), device=device)
-    end_ids = set(family.eos_ids) | {family.pad_id}
-    gen = _generator(opts, device)
-    verify = opts.verify
-    ahead = opts.quality < 1.0 or verify  # quality 1 without verify: the frontier only
-    tau_draft = draft_threshold(opts) if verify else opts.tau
-    alpha = acceptance(opts)
-    lookup = ContextLookup(ctx) if opts.lookup else None
-
-    mid: list[int | None] = [None] * n  # committed middle tokens (None = masked)
-    drafted = [False] * n  # committed by the adapter, not yet checked by the base
-    copied = [False] * n  # the draft came from the context (ContextLookup), not the adapter
-    end = n  # the middle is mid[:end]; a committed end token moves it in
-    enc = 0  # middle positions before this are in the cache (and verified)
-    b0 = 0  # the frontier: the first middle position after what the next forward appends
-    first = True
-    logconf, count = 0.0, 0
-    stop_reason = "length"
-    while True:
+    active = [m for m in middles if not m.done]
+    while active:
         if cancel is not None and cancel():
             raise Cancelled()
-        pending = ctx[reused:] if first else [t for t in mid[enc:b0] if t is not None]
-        start = reused if first else L + enc
-        b1 = min(b0 + window, end)
+        plans = [m.plan() for m in active]
+        if len(active) == 1:
+            (plan,) = plans
+            h = model(
+                torch.tensor([plan.ids], device=device),
+                cache=active[0].cache,
+                start=plan.start,
+                attn_mask=plan.mask,
+                adapted=Adapted(adapter, rows_from=plan.pending),
+            )[0]
+            rows = [torch.tensor(plan.read, device=device)]
+        else:
+            # packed rows: every middle's pending (base) rows first, then every window (adapter)
+            # row, so the adapter applies to one contiguous tail
+            base = sum(pl.pending for pl in plans)
+            ids, segments, rows = [], [], []
+            b_at, w_at = 0, base
+            for m, pl in zip(active, plans):
+                w = len(pl.ids) - pl.pending
+                own = torch.cat([torch.arange(b_at, b_at + pl.pending), torch.arange(w_at, w_at + w)]).to(
+                    device
+                )
+                segments.append(Segment(own, m.cache, pl.start, pl.mask))
+                rows.append(own[pl.read])
+                b_at, w_at = b_at + pl.pending, w_at + w
+            ids = [t for pl in plans for t in pl.ids[: pl.pending]] + [
+                t for pl in plans for t in pl.ids[pl.pending :]
+            ]
+            h = model(
+                torch.tensor([ids], device=device),
+                adapted=Adapted(adapter, rows_from=base),
+                segments=segments,
+            )[0]
+        groups = None
+        if len(rows) > 1:  # several middles: each one's rows rounded as if alone (w8a8's scale)
+            sizes = torch.tensor([len(r) for r in rows], device=device)
+            groups = torch.repeat_interleave(torch.arange(len(rows), device=device), sizes)
+        all_logits = model.logits(h[torch.cat(rows)], groups)  # one LM-head call (the head read once)
+        at = 0
+        for m, pl in zip(active, plans):
+            m.take(all_logits[at : at + len(pl.read)])
+            at += len(pl.read)
+        active = [m for m in active if not m.done]
+
+
+@dataclass
+class _Plan:
+    """One middle's part of the next forward."""
+
+    ids: list[int]  # its pending (base) rows, then its window rows
+    pending: int
+    start: int  # the cache position of its first row
+    mask: torch.Tensor
+    read: list[int]  # its rows the LM head reads (drafts to check, the frontier, the window)
+
+
+class _Middle:
+    """One middle being filled: what the sampler keeps between steps. :meth:`plan` says what the
+    next forward needs from it, :meth:`take` commits from that forward's logits."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        family: FamilySpec,
+        ctx: list[int],
+        n: int,
+        opts: SamplingOptions,
+        window: int,
+        cache: KVCache,
+        reused: int,
+        stop: StopCheck | None,
+        stats: CoderStats,
+    ) -> None:
+        device = model.head_weight.device
+        self.family, self.ctx, self.n, self.opts, self.window = family, ctx, n, opts, window
+        self.cache, self.reused, self.stop, self.stats = cache, reused, stop, stats
+        self.forwards_before = stats.forwards
+        self.device = device
+        self.L = len(ctx)
+        self.banned = torch.tensor(_banned(family), device=device)
+        self.end_ids = set(family.eos_ids) | {family.pad_id}
+        self.gen = _generator(opts, device)
+        self.verify = opts.verify
+        self.ahead = opts.quality < 1.0 or opts.verify  # quality 1 without verify: the frontier only
+        self.tau_draft = draft_threshold(opts) if opts.verify else opts.tau
+        self.alpha = acceptance(opts)
+        self.lookup = ContextLookup(ctx) if opts.lookup else None
+        self.mid: list[int | None] = [None] * n  # committed middle tokens (None = masked)
+        self.drafted = [False] * n  # committed by the adapter, not yet checked by the base
+        self.copied = [False] * n  # the draft came from the context (ContextLookup), not the adapter
+        self.end = n  # the middle is mid[:end]; a committed end token moves it in
+        self.enc = 0  # middle positions before this are in the cache (and verified)
+        self.b0 = 0  # the frontier: the first middle position after what the next forward appends
+        self.first = True
+        self.logconf, self.count = 0.0, 0
+        self.stop_reason = "length"
+        self.done = False
+        self.checks: list[int] = []
+        self.todo: list[int] = []
+
+    def plan(self) -> _Plan:
+        mid, b0, enc = self.mid, self.b0, self.enc
+        pending = self.ctx[self.reused :] if self.first else [t for t in mid[enc:b0] if t is not None]
+        start = self.reused if self.first else self.L + enc
+        b1 = min(b0 + self.window, self.end)
+        self.b1 = b1
         # a window's last row is only read by the rows before it (logits are shifted): with no
         # window row to read (window 1, quality 1 without verify, the middle's last position),
         # the forward is the pending rows alone, exactly the base's AR step
-        wide = ahead and b1 - b0 > 1
-        block = [family.mask_id if t is None else t for t in mid[b0:b1]] if wide else []
+        wide = self.ahead and b1 - b0 > 1
+        block = [self.family.mask_id if t is None else t for t in mid[b0:b1]] if wide else []
         p = len(pending)
-        mask = step_mask(start, p, len(block), device)
-        ids = torch.tensor([pending + block], device=device)
-        h = model(ids, cache=cache, start=start, attn_mask=mask, adapted=Adapted(adapter, rows_from=p))
-        stats.forwards += 1
-
         # base rows: the last context row predicts the frontier; earlier pending rows check the
         # drafts among the pending tokens (row k predicts middle position enc + k + 1)
-        checks = [] if first else [k for k in range(p - 1) if drafted[enc + k + 1]]
+        self.checks = [] if self.first else [k for k in range(p - 1) if self.drafted[enc + k + 1]]
         # the window's rows too, in the same LM-head call (reading the 150k-row head once)
-        todo = [j for j in range(b0 + 1, b1) if mid[j] is None] if ahead and b0 < end else []
-        all_logits = model.logits(h[0, checks + [p - 1] + [p + (j - b0) - 1 for j in todo]])
-        all_logits[:, banned] = float("-inf")
+        self.todo = [j for j in range(b0 + 1, b1) if mid[j] is None] if self.ahead and b0 < self.end else []
+        read = self.checks + [p - 1] + [p + (j - b0) - 1 for j in self.todo]
+        return _Plan(pending + block, p, start, step_mask(start, p, len(block), self.device), read)
+
+    def take(self, all_logits: torch.Tensor) -> None:
+        """Commit from the logits of this middle's ``read`` rows of the last forward."""
+        stats, opts, mid, drafted, n = self.stats, self.opts, self.mid, self.drafted, self.n
+        stats.forwards += 1
+        all_logits[:, self.banned] = float("-inf")
+        checks, todo, enc, b0, b1 = self.checks, self.todo, self.enc, self.b0, self.b1
         base_logits, window_logits = all_logits[: len(checks) + 1], all_logits[len(checks) + 1 :]
         rejected_at = None
         if checks:
             probs = torch.softmax(base_logits[:-1], dim=-1)
             for i, k in enumerate(checks):
                 q = enc + k + 1
-                if probs[i, mid[q]] < alpha * probs[i].max():
+                if probs[i, mid[q]] < self.alpha * probs[i].max():
                     rejected_at, correction = q, int(probs[i].argmax())
                     break
         if rejected_at is not None:
@@ -240,65 +351,69 @@ def _sample(
                 mid[j], drafted[j] = None, False
             for j in range(enc, q):
                 drafted[j] = False
-            end = n if end > q else end
-            enc, b0, first = q, q + 1, False  # rewrite the cache from q: its K/V saw the refused draft
-            continue
+            self.end = n if self.end > q else self.end
+            # rewrite the cache from q: its K/V saw the refused draft
+            self.enc, self.b0, self.first = q, q + 1, False
+            return
         for j in range(enc, b0):
             if drafted[j]:
                 drafted[j] = False
-                if copied[j]:
+                if self.copied[j]:
                     stats.lookup_accepted += 1
                 else:
                     stats.adapter_commits += 1
-        enc = b0
+        self.enc = enc = b0
 
         # the frontier from the base, then the window from the adapter
-        tok, conf = _score(base_logits[-1:], opts, gen)
+        tok, conf = _score(base_logits[-1:], opts, self.gen)
         t0, c0 = int(tok[0]), float(conf[0])
-        if b0 < end:
+        end_ids = self.end_ids
+        if b0 < self.end:
             mid[b0] = t0
             stats.base_commits += 1
-            logconf += math.log(max(c0, 1e-30))
-            count += 1
+            self.logconf += math.log(max(c0, 1e-30))
+            self.count += 1
         if todo:
-            toks, confs = window_tokens(window_logits, todo, opts, gen)
+            toks, confs = window_tokens(window_logits, todo, opts, self.gen)
             for j, t, c in zip(todo, toks, confs):
                 if t in end_ids:
                     if c < opts.tau:
                         continue
-                elif c < tau_draft:
+                elif c < self.tau_draft:
                     continue
-                mid[j], drafted[j], copied[j] = t, verify and t not in end_ids, False
-                if not verify:
+                mid[j], drafted[j], self.copied[j] = t, self.verify and t not in end_ids, False
+                if not self.verify:
                     stats.adapter_commits += 1
-                logconf += math.log(max(c, 1e-30))
-                count += 1
-        if verify and lookup is not None and b0 < end:
+                self.logconf += math.log(max(c, 1e-30))
+                self.count += 1
+        if self.verify and self.lookup is not None and b0 < self.end:
             # where the adapter is unsure, draft what followed the same tokens in the context
             tail = [t for t in mid[max(0, b0 - 2) : b0 + 1] if t is not None]
-            for j, t in zip(range(b0 + 1, b1), lookup.continuation(tail, b1 - b0 - 1)):
+            for j, t in zip(range(b0 + 1, b1), self.lookup.continuation(tail, b1 - b0 - 1)):
                 if mid[j] is not None or t in end_ids:
                     break
-                mid[j], drafted[j], copied[j] = t, True, True
+                mid[j], drafted[j], self.copied[j] = t, True, True
                 stats.lookup_drafts += 1
-        first_end = next((j for j in range(b0, end) if mid[j] in end_ids), None)
+        first_end = next((j for j in range(b0, self.end) if mid[j] in end_ids), None)
         if first_end is not None:
-            end = first_end
-            for j in range(end + 1, n):
+            self.end = first_end
+            for j in range(self.end + 1, n):
                 mid[j], drafted[j] = None, False
         # the committed run from the frontier: the next forward appends (and checks) it
         run = b0
-        while run < end and mid[run] is not None:
+        while run < self.end and mid[run] is not None:
             run += 1
-        verified = run if not verify else next((j for j in range(b0, run) if drafted[j]), run)
-        if stop is not None and stop([t for t in mid[:verified] if t is not None]):
-            end, stop_reason = verified, "stop"
-            break
-        if run >= end and verified >= end:
-            if end < n:
-                stop_reason = "eos"
-            break
-        b0, first = run, False
+        verified = run if not self.verify else next((j for j in range(b0, run) if drafted[j]), run)
+        if self.stop is not None and self.stop([t for t in mid[:verified] if t is not None]):
+            self.end, self.stop_reason, self.done = verified, "stop", True
+            return
+        if run >= self.end and verified >= self.end:
+            if self.end < n:
+                self.stop_reason = "eos"
+            self.done = True
+            return
+        self.b0, self.first = run, False
 
-    toks = [t for t in mid[:end] if t is not None and t not in family.special_ids]
-    return SampleOutput(toks, stats.forwards, stop_reason, logconf / max(count, 1))
+    def output(self) -> SampleOutput:
+        toks = [t for t in self.mid[: self.end] if t is not None and t not in self.family.special_ids]
+        return SampleOutput(toks, self.stats.forwards, self.stop_reason, self.logconf / max(self.count, 1))
