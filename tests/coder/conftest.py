@@ -15,8 +15,9 @@ from tokenizers import AddedToken
 
 from diffusion_core.coder.adapter import Adapter, AdapterConfig, save_adapter
 from diffusion_core.coder.load import CODER_MODEL_TYPE, SHAPE_KEYS
+from diffusion_core.coder.sampler import step_mask
 from diffusion_core.engine import Engine
-from diffusion_core.model import ModelConfig, Transformer
+from diffusion_core.model import Adapted, ModelConfig, Transformer
 from diffusion_core.tokenizer import qwen2_style_backend
 
 # Qwen2.5's control tokens, in its id order (a subset: the ones the coder family reads)
@@ -218,3 +219,19 @@ def assert_next_tokens_close(a: Engine, b: Engine, ids: torch.Tensor, max_tv: fl
     tv = 0.5 * (p - q).abs().sum(-1)
     assert float(tv.max()) < max_tv, tv
     assert torch.equal(p.argmax(-1), q.argmax(-1))
+
+
+def first_step(
+    model: torch.nn.Module, adapter: object, ctx: list[int], window: list[int], room: int = 8
+) -> tuple:
+    """The coder sampler's first forward, alone: the whole context, then a window of masks with
+    the adapter, into a fresh cache; its hidden rows [T, hidden] and the cache."""
+    cache = model.new_cache(1, len(ctx) + room)
+    h = model(
+        torch.tensor([ctx + window]),
+        cache=cache,
+        start=0,
+        attn_mask=step_mask(0, len(ctx), len(window), torch.device("cpu")),
+        adapted=Adapted(adapter, rows_from=len(ctx)),
+    )
+    return h[0], cache

@@ -21,7 +21,7 @@ from diffusion_core.interface import Cancelled, InfillRequest, SamplingOptions
 from diffusion_core.model import Adapted, Segment
 from diffusion_core.sampler import Canvas
 
-from .conftest import coder_engines
+from .conftest import coder_engines, first_step
 
 REQUESTS = [  # different lengths of context and of middle, so rows and positions differ
     ("def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n", 12),
@@ -50,16 +50,8 @@ def test_packed_rows_are_each_requests_own_forward(engine: Engine) -> None:
     alone, caches = [], []
     with torch.inference_mode():
         for ctx in ctxs:
-            cache = model.new_cache(1, len(ctx) + 8)
-            mask = step_mask(0, len(ctx), len(window), torch.device("cpu"))
-            h = model(
-                torch.tensor([ctx + window]),
-                cache=cache,
-                start=0,
-                attn_mask=mask,
-                adapted=Adapted(engine.adapter, rows_from=len(ctx)),
-            )
-            alone.append(h[0])
+            h, cache = first_step(model, engine.adapter, ctx, window)
+            alone.append(h)
             caches.append(cache)
         # packed: both contexts' rows first, then both windows (the adapter's contiguous tail)
         a, b = len(ctxs[0]), len(ctxs[1])
@@ -229,12 +221,5 @@ def test_with_w8a8_weights_no_request_in_a_batch_changes_another(coder_dirs: tup
     assert not torch.equal(h1[rows[1]], h2[rows[1]])  # the other request's rows did change
     # and each request's rows are rounded as its own call rounds them (up to float rounding)
     with torch.inference_mode():
-        cache = model.new_cache(1, a + 8)
-        alone = model(
-            torch.tensor([mine + window]),
-            cache=cache,
-            start=0,
-            attn_mask=step_mask(0, a, w, torch.device("cpu")),
-            adapted=Adapted(w8a8.adapter, rows_from=a),
-        )[0]
+        alone, _ = first_step(model, w8a8.adapter, mine, window)
     torch.testing.assert_close(h1[rows[0]], alone, rtol=1e-3, atol=1e-3)
