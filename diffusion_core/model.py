@@ -138,10 +138,9 @@ def _linear(lin: nn.Linear, x: torch.Tensor, p: _Pass, layer: int, name: str) ->
     # weights quantized for a few rows (diffusion_core/int8.py) or packed for fbgemm (fbgemm_weights.py)
     q = use_int8(lin, x) or use_packed(lin, x)
     ad = p.adapted
-    if q is None:
-        y = lin(x)
-    else:
-        y = q.matmul(x, p.groups) if lin.bias is None else q.matmul(x, p.groups) + lin.bias
+    y = lin(x) if q is None else q.matmul(x, p.groups)
+    if q is not None and lin.bias is not None:
+        y = y + lin.bias
     if ad is None or ad.rows_from >= x.shape[1]:
         return y
     s = ad.rows_from

@@ -222,12 +222,15 @@ def _run(
             # packed rows: every middle's pending (base) rows first, then every window (adapter)
             # row, so the adapter applies to one contiguous tail
             base = sum(pl.pending for pl in plans)
-            ids, segments, rows = [], [], []
+            segments, rows = [], []
             b_at, w_at = 0, base
             for m, pl in zip(active, plans):
                 w = len(pl.ids) - pl.pending
-                own = torch.cat([torch.arange(b_at, b_at + pl.pending), torch.arange(w_at, w_at + w)]).to(
-                    device
+                own = torch.cat(
+                    [
+                        torch.arange(b_at, b_at + pl.pending, device=device),
+                        torch.arange(w_at, w_at + w, device=device),
+                    ]
                 )
                 segments.append(Segment(own, m.cache, pl.start, pl.mask))
                 rows.append(own[pl.read])
