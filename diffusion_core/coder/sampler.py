@@ -32,7 +32,7 @@ import torch
 from ..families import FamilySpec
 from ..interface import CancelCheck, Cancelled, SamplingOptions
 from ..kv_cache import KVCache
-from ..model import Adapted, RowAdapter, Segment
+from ..model import Adapted, RowAdapter, Segment, segment_groups
 from ..sampler import Canvas, SampleOutput, _banned, _generator, _score
 from .family import fim_prompt
 from .prefix_cache import PrefixCache
@@ -243,11 +243,11 @@ def _run(
                 adapted=Adapted(adapter, rows_from=base),
                 segments=segments,
             )[0]
-        groups = None
-        if len(rows) > 1:  # several middles: each one's rows rounded as if alone (w8a8's scale)
-            sizes = torch.tensor([len(r) for r in rows], device=device)
-            groups = torch.repeat_interleave(torch.arange(len(rows), device=device), sizes)
-        all_logits = model.logits(h[torch.cat(rows)], groups)  # one LM-head call (the head read once)
+        read = torch.cat(rows)
+        # several middles: each one's rows rounded as if alone (w8a8's scale), by the same groups
+        # as the packed forward's, read off at the rows the head reads
+        groups = segment_groups(rows, h.shape[0])[read] if len(rows) > 1 else None
+        all_logits = model.logits(h[read], groups)  # one LM-head call (the head read once)
         at = 0
         for m, pl in zip(active, plans):
             m.take(all_logits[at : at + len(pl.read)])
