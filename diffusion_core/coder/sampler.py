@@ -307,6 +307,8 @@ class _Middle:
         self.logconf, self.count = 0.0, 0
         self.stop_reason = "length"
         self.done = False
+        # what plan() read for the forward that take() commits from
+        self.b1 = 0  # the window's end
         self.checks: list[int] = []
         self.todo: list[int] = []
 
@@ -314,8 +316,7 @@ class _Middle:
         mid, b0, enc = self.mid, self.b0, self.enc
         pending = self.ctx[self.reused :] if self.first else [t for t in mid[enc:b0] if t is not None]
         start = self.reused if self.first else self.L + enc
-        b1 = min(b0 + self.window, self.end)
-        self.b1 = b1
+        self.b1 = b1 = min(b0 + self.window, self.end)
         # a window's last row is only read by the rows before it (logits are shifted): with no
         # window row to read (window 1, quality 1 without verify, the middle's last position),
         # the forward is the pending rows alone, exactly the base's AR step
