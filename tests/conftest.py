@@ -10,7 +10,9 @@ the rest of the suite, and the servers it starts, keep the fast torch path.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -25,3 +27,11 @@ os.environ.setdefault("DIFFILL_WINDOW", "configured")
 # greedy AR, reused K/V is a recomputation) would depend on the machine. Tests take plain weights
 # unless they ask for a format; the format tests and the README command's test measure.
 os.environ.setdefault("DIFFILL_WEIGHTS", "plain")
+
+
+@pytest.fixture(scope="session")
+def coder_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(base directory, adapter directory) of the tiny test coder (tests/coder_fixtures.py)."""
+    from coder_fixtures import make_tiny_coder  # after the environment above is set
+
+    return make_tiny_coder(tmp_path_factory.mktemp("coder"))
