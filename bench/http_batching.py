@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from diffusion_core.batcher import Batcher  # noqa: E402
 from diffusion_core.engine import Engine, InfillRequest, tiny_model_dir  # noqa: E402
+from diffusion_core.interface import CACHE_SCOPE_HEADER  # noqa: E402
 
 PROMPTS = [
     ("import os\nimport sys\n\n", "\n\ndef main() -> int:\n    return 0\n"),
@@ -93,11 +95,13 @@ async def closed_loop(url: str, concurrency: int, total: int, max_tokens: int) -
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
 
         async def worker() -> None:
+            # each client is one editor: it reuses the context K/V of its own requests only
+            scope = {CACHE_SCOPE_HEADER: secrets.token_hex(16)}
             for i in counter:
                 prefix, suffix = PROMPTS[i % len(PROMPTS)]
                 body = {"prompt": prefix, "suffix": suffix, "max_tokens": max_tokens}
                 t0 = time.perf_counter()
-                r = await client.post("/v1/completions", json=body)
+                r = await client.post("/v1/completions", json=body, headers=scope)
                 latencies.append((time.perf_counter() - t0) * 1000.0)
                 r.raise_for_status()
 

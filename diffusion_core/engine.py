@@ -344,7 +344,7 @@ class Engine:
                 for i in idx:
                     prefix, ws = heal_prefix(requests[i].prefix)
                     p, s = self.fit_context(prefix, requests[i].suffix)
-                    canvases.append(Canvas(prefix=p, suffix=s, max_tokens=requests[i].max_tokens))
+                    canvases.append(Canvas(p, s, requests[i].max_tokens, requests[i].cache_scope))
                     taken.append(ws)
                 outs = self._sample(canvases, opts, cancel, [rules[i] for i in idx])
                 for i, ws, out in zip(idx, taken, outs):

@@ -28,6 +28,7 @@ __all__ = [
     "QueueFactory",
     "RequestQueue",
     "ANCHOR_CHARS",
+    "CACHE_SCOPE_HEADER",
     "CancelCheck",
     "Cancelled",
     "Completion",
@@ -182,6 +183,11 @@ class Completion:
     stop_reason: str
 
 
+# how an HTTP client names its cache scope (a secret of its own, at least 16 characters): the
+# Diffill server lends cached context K/V only to requests with the same bearer key and scope
+CACHE_SCOPE_HEADER = "X-Diffill-Cache-Scope"
+
+
 @dataclass
 class InfillRequest:
     prefix: str
@@ -192,6 +198,10 @@ class InfillRequest:
     # after this many ms, end at the next line end (whole lines kept, the first always finished;
     # left-to-right decoders only, see diffusion_core/stopping.py); None: no limit
     time_budget_ms: float | None = None
+    # whose earlier contexts' K/V this request may reuse (and leave its own for): requests of one
+    # editor session or one HTTP client share a scope, others never see its entries (a hit shows
+    # in latency); None: reuse nothing, keep nothing (coder/prefix_cache.py)
+    cache_scope: str | None = ""
 
 
 @runtime_checkable

@@ -32,6 +32,7 @@ class Canvas:
     prefix: list[int]
     suffix: list[int]
     max_tokens: int
+    cache_scope: str | None = ""  # InfillRequest.cache_scope: whose cached context K/V it may reuse
 
 
 @dataclass

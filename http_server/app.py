@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from diffusion_core.batcher import Batcher, BatcherClosed, Cancelled, Overloaded
 from diffusion_core.engine import Completion, InfillRequest, SamplingOptions
-from diffusion_core.interface import OptionError
+from diffusion_core.interface import CACHE_SCOPE_HEADER, OptionError
 from diffusion_core.length import resolve_length
 
 from .chat import ChatTemplate, ChatTemplateError
@@ -78,6 +78,10 @@ class ServerConfig:
     # flight: one client cannot hold the single engine for minutes or crowd out the others
     max_request_tokens: int = 4096
     max_client_inflight: int = 16
+    # lend cached context K/V to requests without the X-Diffill-Cache-Scope header too, per client
+    # (bearer key, else address): typing-speed reuse for third-party plugins, for a server one
+    # person uses (clients sharing a key could time each other's contexts); see _cache_scope
+    shared_prefix_cache: bool = False
 
 
 class ApiError(Exception):
@@ -202,6 +206,27 @@ def _client(request: Request) -> str:
     if auth:
         return "key:" + hmac.new(b"diffill", auth.encode(), "sha256").hexdigest()[:16]
     return "addr:" + (request.client.host if request.client else "?")
+
+
+MIN_SCOPE_CHARS = 16
+
+
+def _cache_scope(request: Request, client: str, shared: bool) -> str | None:
+    """Whose cached context K/V the request may reuse (``InfillRequest.cache_scope``): with the
+    X-Diffill-Cache-Scope header, the requests of the same ``client`` that send the same secret
+    (the language server's remote backend sends one per editor session); without it, none, so
+    one client's latency never tells whether another sent a context recently, unless the server
+    was started with ``shared`` (one person's server): then every request of the same client."""
+    token = request.headers.get(CACHE_SCOPE_HEADER)
+    if token is None:
+        return client if shared else None
+    if len(token.strip()) < MIN_SCOPE_CHARS:
+        raise ApiError(
+            400,
+            f"{CACHE_SCOPE_HEADER} must be a secret of at least {MIN_SCOPE_CHARS} characters.",
+            param=CACHE_SCOPE_HEADER,
+        )
+    return "scope:" + hmac.new(b"diffill-scope", f"{client}\0{token.strip()}".encode(), "sha256").hexdigest()
 
 
 def _cancel_all(futures: Sequence[Future]) -> None:
@@ -330,12 +355,15 @@ class _Api:
         for f in futures:
             f.add_done_callback(done)
 
-    def _submit(self, reqs: list[InfillRequest], client: str = "") -> list[Future]:
+    def _submit(self, reqs: list[InfillRequest], request: Request) -> list[Future]:
+        """Queue ``reqs`` for the client behind ``request``, in its cache scope."""
+        client = _client(request)
+        scope = _cache_scope(request, client, self.config.shared_prefix_cache)
         self._admit(reqs, client)
         futures: list[Future] = []
         try:
             for r in reqs:
-                futures.append(self.batcher.submit(r))
+                futures.append(self.batcher.submit(dataclasses.replace(r, cache_scope=scope)))
         except Overloaded:
             _cancel_all(futures)
             raise ApiError(
@@ -350,14 +378,14 @@ class _Api:
         return futures
 
     def _submit_choices(
-        self, base: list[InfillRequest], n: int, client: str = ""
+        self, base: list[InfillRequest], n: int, request: Request
     ) -> tuple[list[Future], list[int]]:
         """Submit ``n`` choices per request; return the futures and, per choice, its future's index.
 
         Greedy decoding is deterministic, so ``n`` greedy choices are computed once and shared."""
         opts = base[0].options
         reps = 1 if opts is not None and opts.temperature == 0 else n
-        futures = self._submit([r for r in base for _ in range(reps)], client)
+        futures = self._submit([r for r in base for _ in range(reps)], request)
         slots = [(i // n) * reps + (i % n if reps > 1 else 0) for i in range(len(base) * n)]
         return futures, slots
 
@@ -445,7 +473,7 @@ class _Api:
         futures, slots = self._submit_choices(
             [InfillRequest(p, suffix, max_tokens, options, tuple(stops), budget) for p in prompts],
             req.n,
-            _client(request),
+            request,
         )
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         pairs = [(p, suffix) for p in prompts]
@@ -536,7 +564,7 @@ class _Api:
         except ChatTemplateError as exc:
             raise ApiError(400, f"The chat template rejected the messages: {exc}", param="messages") from None
         futures, slots = self._submit_choices(
-            [InfillRequest(prompt, "", max_tokens, options, stop=tuple(stops))], req.n, _client(request)
+            [InfillRequest(prompt, "", max_tokens, options, stop=tuple(stops))], req.n, request
         )
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         pairs = [(prompt, "")]

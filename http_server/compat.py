@@ -111,7 +111,7 @@ class CompatApi:
 
     # -------------------------------------------------------------------------- llama.cpp
     async def infill(self, request: Request) -> Response:
-        from .app import ApiError, _client, _decode, _read_body
+        from .app import ApiError, _decode, _read_body
 
         try:
             req: InfillBody = _decode(await _read_body(request, self.api.config.max_body_bytes), InfillBody)
@@ -130,7 +130,7 @@ class CompatApi:
                         time_budget_ms=req.t_max_predict_ms if (req.t_max_predict_ms or 0) > 0 else None,
                     )
                 ],
-                _client(request),
+                request,
             )
         except ApiError as exc:
             return _llama_error(exc.status, exc.message)
@@ -186,7 +186,7 @@ class CompatApi:
 
     # -------------------------------------------------------------------------- Ollama
     async def generate(self, request: Request) -> Response:
-        from .app import ApiError, _client, _decode, _read_body
+        from .app import ApiError, _decode, _read_body
 
         try:
             req: GenerateBody = _decode(
@@ -200,7 +200,7 @@ class CompatApi:
             options = self.api._options_from(o.temperature, o.top_p, o.seed)
             suffix = req.suffix or ""
             futures = self.api._submit(
-                [InfillRequest(req.prompt, suffix, max_tokens, options, stop=tuple(stops))], _client(request)
+                [InfillRequest(req.prompt, suffix, max_tokens, options, stop=tuple(stops))], request
             )
         except ApiError as exc:
             return Response(

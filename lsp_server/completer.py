@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ class Completer:
         self._prefetched: OrderedDict[bytes, None] = OrderedDict()
         self._last_cursor: tuple[str, int] | None = None
         self._anchors: dict[str, str] = {}  # per document: where the last prefix cut started
+        # this session's own: the engine lends context K/V cached by one session's requests only to
+        # that session's (a TCP server serves one editor after another from one loaded engine,
+        # and a team server many editors at once)
+        self.cache_scope = secrets.token_hex(16)
 
     def configure(self, settings: Settings) -> None:
         self.cache.configure(settings.cache_size, settings.cache_ttl_s)
@@ -166,7 +171,8 @@ class Completer:
             version = doc.version
             debounce = 0.0 if invoked else s.debounce_ms / 1000.0
             try:
-                raw = await self.scheduler.run(uri, key, _prepare(ctx, s, self._anchors), debounce)
+                prepare = _prepare(ctx, s, self._anchors, self.cache_scope)
+                raw = await self.scheduler.run(uri, key, prepare, debounce)
             except NotReady:
                 return None
             except Exception as exc:  # noqa: BLE001 - a model error is logged and shown once; no item
@@ -207,7 +213,7 @@ class Completer:
             while len(self._prefetched) > 64:
                 self._prefetched.popitem(last=False)
 
-        self.scheduler.prefetch(key, _prepare(nxt, s, self._anchors), store)
+        self.scheduler.prefetch(key, _prepare(nxt, s, self._anchors, self.cache_scope), store)
 
     def _track_cursor(self, uri: str, line: int) -> None:
         """Moving to another file files a chunk of the previous one into the ring buffer."""
@@ -219,11 +225,14 @@ class Completer:
         self._last_cursor = (uri, line)
 
 
-def _prepare(ctx: Context, s: Settings, anchors: dict[str, str] | None = None) -> Prepare:
+def _prepare(
+    ctx: Context, s: Settings, anchors: dict[str, str] | None = None, scope: str | None = ""
+) -> Prepare:
     """Cut the windows to the token budgets; runs in the worker with the backend's tokenizer.
 
     ``anchors`` remembers, per document, where the last prefix cut started, so consecutive
-    requests cut at the same place (their context K/V is then reused, see ``cut_prefix``).
+    requests cut at the same place (their context K/V is then reused, see ``cut_prefix``), by
+    requests of the same ``scope`` only (``InfillRequest.cache_scope``).
     Where the cursor's line already has code, the suggestion is the rest of that line (the model
     stops at its end, which on a CPU is most of the latency saved); several lines are suggested
     from a blank line, where a new block starts."""
@@ -244,6 +253,7 @@ def _prepare(ctx: Context, s: Settings, anchors: dict[str, str] | None = None) -
             options=SamplingOptions(quality=s.quality, length=s.length),
             stop=("\n",) if ctx.edit.mid_line or ctx.edit.line_prefix.strip() else (),
             time_budget_ms=s.time_budget_ms or None,
+            cache_scope=scope,
         )
 
     return prepare

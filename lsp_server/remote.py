@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from diffusion_core.interface import (
+    CACHE_SCOPE_HEADER,
     CancelCheck,
     Cancelled,
     Completion,
@@ -219,10 +220,16 @@ class RemoteBackend:
             except concurrent.futures.CancelledError:
                 raise Cancelled() from None
 
-    async def _request(self, method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         assert self._client is not None
         try:
-            resp = await self._client.request(method, url, json=body)
+            resp = await self._client.request(method, url, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise RemoteError(f"{method} {url} failed: {exc!r}") from exc
         if resp.status_code >= 400:
@@ -272,8 +279,11 @@ class RemoteBackend:
     async def _complete(self, model: str, r: InfillRequest) -> Completion:
         t0 = time.perf_counter()
         body = self._body(model, r)
+        # a Diffill server then reuses this session's context K/V across its keystrokes (and
+        # lends it to no other client); other servers ignore the header
+        headers = {CACHE_SCOPE_HEADER: r.cache_scope} if r.cache_scope else None
         try:
-            data = await self._request("POST", self.url + "/completions", body)
+            data = await self._request("POST", self.url + "/completions", body, headers)
         except RemoteError as exc:
             # a server that refuses fields it does not know (OpenAI's own API answers 400,
             # FastAPI-based servers with extra="forbid" 422): Diffill's extensions are the only
@@ -282,7 +292,7 @@ class RemoteBackend:
             if exc.status not in (400, 422) or not extensions:
                 raise
             self.send_extensions = False
-            data = await self._request("POST", self.url + "/completions", self._body(model, r))
+            data = await self._request("POST", self.url + "/completions", self._body(model, r), headers)
         try:
             choice = data["choices"][0]
             text = str(choice.get("text") or "")

@@ -56,6 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=16,
         help="most choices one client (key or address) may have running",
     )
+    p.add_argument(
+        "--share-prefix-cache",
+        action="store_true",
+        help="reuse cached context K/V for requests without an X-Diffill-Cache-Scope header too, "
+        "per client (key or address): faster typing for third-party plugins on a server one person "
+        "uses; clients sharing a key could then time each other's contexts",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -133,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         max_tokens_limit=args.max_tokens_limit,
         max_request_tokens=args.max_request_tokens,
         max_client_inflight=args.max_client_inflight,
+        shared_prefix_cache=args.share_prefix_cache,
     )
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -15,7 +15,7 @@ from ..families import FamilySpec
 from ..interface import Cancelled
 from ..sampler import Canvas, SampleOutput, _banned
 from .prefix_cache import PrefixCache
-from .sampler import context_ids, lend_cache, step_mask
+from .sampler import context_ids, give_back, lend_cache, step_mask
 
 __all__ = ["ar_sample"]
 
@@ -33,14 +33,13 @@ def ar_sample(
     then each new token appended to the cache."""
     n = canvas.max_tokens
     ctx = context_ids(family, canvas.prefix, canvas.suffix)
-    cache, reused = lend_cache(model, prefix_cache, ctx, len(ctx) + n + 1)
+    cache, reused = lend_cache(model, prefix_cache, ctx, len(ctx) + n + 1, canvas.cache_scope)
     out = SampleOutput([], 0, "length")
     try:
         out = _decode(model, family, ctx, n, cache, reused, cancel, stop)
         return out
     finally:
-        if prefix_cache is not None:
-            prefix_cache.put(ctx if out.steps else ctx[:reused], cache)
+        give_back(prefix_cache, ctx if out.steps else ctx[:reused], cache, canvas.cache_scope)
 
 
 def _decode(model, family, ctx, n, cache, reused, cancel, stop) -> SampleOutput:  # noqa: ANN001

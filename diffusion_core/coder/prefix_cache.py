@@ -12,7 +12,12 @@ suffix after the cursor is recomputed too. An edit in the middle of the prefix r
 everything after it in either order.
 
 Entries are whole :class:`~diffusion_core.kv_cache.KVCache` objects (taken out while a request
-uses one, put back after), bounded in bytes.
+uses one, put back after), bounded in bytes. Each belongs to a *scope* (``InfillRequest.cache_scope``:
+one editor session, one HTTP client holding its own secret) and is lent only to requests of the
+same scope. Across scopes a hit would tell one client, by its latency, that another sent that
+context recently, and would hand it K/V computed (and, in w8a8, rounded) in the other's request;
+the shared byte bound is the only thing scopes have in common (a busy client can evict another's
+entries, not read them).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = ["PrefixCache"]
 class _Entry:
     tokens: list[int]  # the context whose K/V the cache holds at positions [0, len(tokens))
     cache: KVCache
+    scope: str  # only requests of this scope may take it
 
     @property
     def nbytes(self) -> int:
@@ -54,14 +60,18 @@ class PrefixCache:
         self.context_tokens = 0  # context tokens of all requests
         self.reused_tokens = 0  # of which taken from the cache instead of computed
 
-    def take(self, ctx: list[int], length: int, make: Callable[[int], KVCache]) -> tuple[KVCache, int]:
+    def take(
+        self, ctx: list[int], length: int, make: Callable[[int], KVCache], scope: str = ""
+    ) -> tuple[KVCache, int]:
         """A cache of at least ``length`` positions whose first ``n`` hold the K/V of ``ctx[:n]``,
-        and ``n``. At least the last context token is always left to compute (the sampler needs
-        its output); the entry is removed until :meth:`put` returns it."""
+        and ``n``, from an entry of ``scope``. At least the last context token is always left to
+        compute (the sampler needs its output); the entry is removed until :meth:`put` returns it."""
         self.requests += 1
         self.context_tokens += len(ctx)
         best, n = None, 0
         for e in self._entries:
+            if e.scope != scope:
+                continue
             k = common_prefix(e.tokens, ctx)
             if k > n:
                 best, n = e, k
@@ -79,9 +89,9 @@ class PrefixCache:
         self.reused_tokens += n
         return cache, n
 
-    def put(self, ctx: list[int], cache: KVCache) -> None:
-        """Keep ``cache`` (holding ``ctx``'s K/V first) for later requests."""
-        self._entries.insert(0, _Entry(list(ctx), cache))
+    def put(self, ctx: list[int], cache: KVCache, scope: str = "") -> None:
+        """Keep ``cache`` (holding ``ctx``'s K/V first) for later requests of ``scope``."""
+        self._entries.insert(0, _Entry(list(ctx), cache, scope))
         total = 0
         kept = []
         for e in self._entries:

@@ -173,7 +173,8 @@ def coder_sample_batch(
             if canvas.max_tokens == 0:
                 continue
             ctx = context_ids(family, canvas.prefix, canvas.suffix)
-            cache, reused = lend_cache(model, prefix_cache, ctx, len(ctx) + canvas.max_tokens + 1)
+            length = len(ctx) + canvas.max_tokens + 1
+            cache, reused = lend_cache(model, prefix_cache, ctx, length, canvas.cache_scope)
             middles[i] = _Middle(model, family, ctx, canvas.max_tokens, opts, window, cache, reused, stop, st)
         _run(model, adapter, list(middles.values()), cancel)
         return [
@@ -181,20 +182,29 @@ def coder_sample_batch(
             for i in range(len(canvases))
         ]
     finally:
-        if prefix_cache is not None:  # a context is in its cache once its first forward ran
-            for m in middles.values():
-                prefix_cache.put(
-                    m.ctx if m.stats.forwards > m.forwards_before else m.ctx[: m.reused], m.cache
-                )
+        for i, m in middles.items():  # a context is in its cache once its first forward ran
+            ran = m.stats.forwards > m.forwards_before
+            give_back(prefix_cache, m.ctx if ran else m.ctx[: m.reused], m.cache, canvases[i].cache_scope)
 
 
 def lend_cache(
-    model: torch.nn.Module, prefix_cache: PrefixCache | None, ctx: list[int], length: int
+    model: torch.nn.Module,
+    prefix_cache: PrefixCache | None,
+    ctx: list[int],
+    length: int,
+    scope: str | None = "",
 ) -> tuple[KVCache, int]:
-    """A K/V cache of ``length`` positions and how many context positions it already holds."""
-    if prefix_cache is None:
+    """A K/V cache of ``length`` positions and how many context positions it already holds
+    (from ``scope``'s earlier contexts; none when ``scope`` is None)."""
+    if prefix_cache is None or scope is None:
         return model.new_cache(1, length), 0
-    return prefix_cache.take(ctx, length, lambda m: model.new_cache(1, m))
+    return prefix_cache.take(ctx, length, lambda m: model.new_cache(1, m), scope)
+
+
+def give_back(prefix_cache: PrefixCache | None, ctx: list[int], cache: KVCache, scope: str | None) -> None:
+    """Keep ``cache`` (holding ``ctx``'s K/V) for ``scope``'s next requests (None keeps nothing)."""
+    if prefix_cache is not None and scope is not None:
+        prefix_cache.put(ctx, cache, scope)
 
 
 def _run(

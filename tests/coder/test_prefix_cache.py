@@ -13,7 +13,7 @@ from diffusion_core.coder.family import FIM_ORDERS
 from diffusion_core.coder.prefix_cache import PrefixCache, common_prefix
 from diffusion_core.coder.sampler import CoderStats, coder_sample, context_ids
 from diffusion_core.engine import Engine
-from diffusion_core.interface import SamplingOptions
+from diffusion_core.interface import InfillRequest, SamplingOptions
 from diffusion_core.sampler import Canvas
 
 LINES = [
@@ -130,3 +130,33 @@ def test_the_engines_cut_of_a_long_context_stays_put_while_typing(engine: Engine
     finally:
         engine.max_prefix_tokens = budget
     assert kept >= 0.9 * (len(typed) - 1), f"{kept} of {len(typed) - 1} keystrokes kept the cut"
+
+
+def _reused_by(engine: Engine, *requests: InfillRequest) -> list[int]:
+    """Context tokens each request took from the prefix cache, run one after another."""
+    got = []
+    for r in requests:
+        before = engine.prefix_cache.stats()["reused_context_tokens"]
+        engine.infill_batch([r])
+        got.append(engine.prefix_cache.stats()["reused_context_tokens"] - before)
+    return got
+
+
+@pytest.mark.parametrize("decoder", ["diffusion", "ar"])
+def test_cached_context_is_lent_only_within_its_scope(engine: Engine, decoder: str) -> None:
+    """One editor session's (one HTTP client's) cached context K/V never serves another's
+    request: a hit would show in the other's latency that this context was sent recently."""
+    engine.prefix_cache.clear()
+    opts = SamplingOptions(decoder=decoder)
+    alice = InfillRequest(PREFIX, SUFFIX, 6, opts, cache_scope="alice-session-0001")
+    typed = dataclasses.replace(alice, prefix=PREFIX + "x")
+    bob = dataclasses.replace(typed, cache_scope="bob-session-00001")
+    nobody = dataclasses.replace(typed, cache_scope=None)
+    entries = lambda: engine.prefix_cache.stats()["prefix_cache_entries"]  # noqa: E731
+    first, by_bob, by_nobody = _reused_by(engine, alice, bob, nobody)
+    assert first == 0 and by_bob == 0 and by_nobody == 0
+    assert entries() == 2  # alice's and bob's; the scope-less request kept nothing
+    (by_alice,) = _reused_by(engine, typed)
+    assert by_alice > 0.8 * len(engine.tokenizer.encode(PREFIX))  # her own keystroke still reuses
+    # and what each scope gets is what it would get from an empty cache
+    assert engine.infill_batch([bob])[0].text == engine.infill_batch([nobody])[0].text

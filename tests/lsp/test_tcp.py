@@ -246,3 +246,52 @@ def test_binding_beyond_loopback_warns(tiny_model: Path, tmp_path: Path) -> None
         return first
 
     assert b"WARNING: listening on 0.0.0.0" in asyncio.run(main())
+
+
+ZERO = {"context_tokens": 0, "reused_context_tokens": 0}  # the engine's stats before it loads
+CODE = "".join(f"def handler_{i}(request, value={i}):\n    return request.get(value)\n" for i in range(12))
+
+
+def test_a_later_session_reuses_none_of_an_earlier_sessions_context(
+    coder_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Within one editor session the engine reuses cached context K/V (here: the same context in
+    a second file); the next editor on the same server, same loaded model, computes its context
+    afresh, so its latency cannot tell it what the last one was editing."""
+    base, adapter = coder_dirs
+
+    async def session(server: TcpServer) -> list[int]:
+        """Context tokens reused by a completion in each of two files with the same text."""
+        client, _ = await client_for(server, server.token)
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"diffill": {"cacheSize": 0}})
+        )
+        reused = []
+        for uri in ("file:///p/a.py", "file:///p/b.py"):
+            before = plain(await client.protocol.send_request_async("diffill/stats", {}))["engine"] or ZERO
+            client.text_document_did_open(
+                types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri, "python", 1, CODE))
+            )
+            params = types.InlineCompletionParams(
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked),
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=types.Position(CODE.count("\n"), 0),
+            )
+            await asyncio.wait_for(client.text_document_inline_completion_async(params), 120)
+            after = plain(await client.protocol.send_request_async("diffill/stats", {}))["engine"]
+            assert after["context_tokens"] > before["context_tokens"]  # the engine ran
+            reused.append(after["reused_context_tokens"] - before["reused_context_tokens"])
+        client.protocol.writer.close()  # gone without exit: the server keeps the model
+        await asyncio.wait_for(client.stop(), 60)
+        return reused
+
+    async def main() -> tuple[list[int], list[int]]:
+        server = await start(adapter, tmp_path, "--base", str(base))
+        try:
+            return await session(server), await session(server)
+        finally:
+            await stop(server)
+
+    first, second = asyncio.run(main())
+    assert first[0] == 0 and first[1] > 100  # the session's own context, reused
+    assert second == first  # nothing of the first session's, then its own again
