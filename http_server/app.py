@@ -220,13 +220,14 @@ def _cache_scope(request: Request, client: str, shared: bool) -> str | None:
     token = request.headers.get(CACHE_SCOPE_HEADER)
     if token is None:
         return client if shared else None
-    if len(token.strip()) < MIN_SCOPE_CHARS:
+    token = token.strip()
+    if len(token) < MIN_SCOPE_CHARS:
         raise ApiError(
             400,
             f"{CACHE_SCOPE_HEADER} must be a secret of at least {MIN_SCOPE_CHARS} characters.",
             param=CACHE_SCOPE_HEADER,
         )
-    return "scope:" + hmac.new(b"diffill-scope", f"{client}\0{token.strip()}".encode(), "sha256").hexdigest()
+    return "scope:" + hmac.new(b"diffill-scope", f"{client}\0{token}".encode(), "sha256").hexdigest()
 
 
 def _cancel_all(futures: Sequence[Future]) -> None:

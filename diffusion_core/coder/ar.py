@@ -15,7 +15,7 @@ from ..families import FamilySpec
 from ..interface import Cancelled
 from ..sampler import Canvas, SampleOutput, _banned
 from .prefix_cache import PrefixCache
-from .sampler import context_ids, give_back, lend_cache, step_mask
+from .sampler import context_ids, lend_cache, step_mask
 
 __all__ = ["ar_sample"]
 
@@ -39,7 +39,8 @@ def ar_sample(
         out = _decode(model, family, ctx, n, cache, reused, cancel, stop)
         return out
     finally:
-        give_back(prefix_cache, ctx if out.steps else ctx[:reused], cache, canvas.cache_scope)
+        if prefix_cache is not None:
+            prefix_cache.put(ctx if out.steps else ctx[:reused], cache, canvas.cache_scope)
 
 
 def _decode(model, family, ctx, n, cache, reused, cancel, stop) -> SampleOutput:  # noqa: ANN001

@@ -61,15 +61,16 @@ class PrefixCache:
         self.reused_tokens = 0  # of which taken from the cache instead of computed
 
     def take(
-        self, ctx: list[int], length: int, make: Callable[[int], KVCache], scope: str = ""
+        self, ctx: list[int], length: int, make: Callable[[int], KVCache], scope: str | None = ""
     ) -> tuple[KVCache, int]:
         """A cache of at least ``length`` positions whose first ``n`` hold the K/V of ``ctx[:n]``,
-        and ``n``, from an entry of ``scope``. At least the last context token is always left to
-        compute (the sampler needs its output); the entry is removed until :meth:`put` returns it."""
+        and ``n``, from an entry of ``scope`` (none when ``scope`` is None). At least the last
+        context token is always left to compute (the sampler needs its output); the entry is
+        removed until :meth:`put` returns it."""
         self.requests += 1
         self.context_tokens += len(ctx)
         best, n = None, 0
-        for e in self._entries:
+        for e in self._entries if scope is not None else ():
             if e.scope != scope:
                 continue
             k = common_prefix(e.tokens, ctx)
@@ -89,8 +90,11 @@ class PrefixCache:
         self.reused_tokens += n
         return cache, n
 
-    def put(self, ctx: list[int], cache: KVCache, scope: str = "") -> None:
-        """Keep ``cache`` (holding ``ctx``'s K/V first) for later requests of ``scope``."""
+    def put(self, ctx: list[int], cache: KVCache, scope: str | None = "") -> None:
+        """Keep ``cache`` (holding ``ctx``'s K/V first) for later requests of ``scope`` (None:
+        keep nothing)."""
+        if scope is None:
+            return
         self._entries.insert(0, _Entry(list(ctx), cache, scope))
         total = 0
         kept = []

@@ -182,9 +182,10 @@ def coder_sample_batch(
             for i in range(len(canvases))
         ]
     finally:
-        for i, m in middles.items():  # a context is in its cache once its first forward ran
-            ran = m.stats.forwards > m.forwards_before
-            give_back(prefix_cache, m.ctx if ran else m.ctx[: m.reused], m.cache, canvases[i].cache_scope)
+        if prefix_cache is not None:  # a context is in its cache once its first forward ran
+            for i, m in middles.items():
+                ran = m.stats.forwards > m.forwards_before
+                prefix_cache.put(m.ctx if ran else m.ctx[: m.reused], m.cache, canvases[i].cache_scope)
 
 
 def lend_cache(
@@ -195,16 +196,10 @@ def lend_cache(
     scope: str | None = "",
 ) -> tuple[KVCache, int]:
     """A K/V cache of ``length`` positions and how many context positions it already holds
-    (from ``scope``'s earlier contexts; none when ``scope`` is None)."""
-    if prefix_cache is None or scope is None:
+    (from ``scope``'s earlier contexts, :meth:`PrefixCache.take`)."""
+    if prefix_cache is None:
         return model.new_cache(1, length), 0
     return prefix_cache.take(ctx, length, lambda m: model.new_cache(1, m), scope)
-
-
-def give_back(prefix_cache: PrefixCache | None, ctx: list[int], cache: KVCache, scope: str | None) -> None:
-    """Keep ``cache`` (holding ``ctx``'s K/V) for ``scope``'s next requests (None keeps nothing)."""
-    if prefix_cache is not None and scope is not None:
-        prefix_cache.put(ctx, cache, scope)
 
 
 def _run(
