@@ -29,6 +29,32 @@ os.environ.setdefault("DIFFILL_WINDOW", "configured")
 os.environ.setdefault("DIFFILL_WEIGHTS", "plain")
 
 
+def _import_pypi_kernels() -> None:
+    """``python -m pytest`` puts the repository root first on sys.path, where the design card's
+    ``kernels/`` folder (installed as ``diffill_kernels``) shadows the PyPI package ``kernels``,
+    which transformers >= 5.25 imports whenever it is installed (the converter and family tests
+    check against transformers). Load the installed package under its own name first."""
+    import importlib.metadata
+    import importlib.util
+    import sys
+
+    try:
+        init = Path(str(importlib.metadata.distribution("kernels").locate_file("kernels/__init__.py")))
+    except importlib.metadata.PackageNotFoundError:
+        return
+    if "kernels" in sys.modules or not init.exists():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "kernels", init, submodule_search_locations=[str(init.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module
+    spec.loader.exec_module(module)
+
+
+_import_pypi_kernels()
+
+
 @pytest.fixture(scope="session")
 def coder_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(base directory, adapter directory) of the tiny test coder (tests/coder_fixtures.py)."""
