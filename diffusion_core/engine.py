@@ -88,6 +88,17 @@ def resolve_model_path(path: str | Path | None) -> Path:
     return p
 
 
+def _reuse_after_edit(forced: bool | None) -> bool:
+    if forced is not None:
+        return forced
+    value = os.environ.get("DIFFILL_REUSE_AFTER_EDIT", "").strip().lower()
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value in ("", "1", "true", "on", "yes"):
+        return True
+    raise ValueError(f"DIFFILL_REUSE_AFTER_EDIT must be 1 or 0, got {value!r}")
+
+
 @dataclass
 class Engine:
     """Owns one model. Calls are serialised by a lock: one worker owns the model."""
@@ -221,6 +232,7 @@ class Engine:
         base: str | Path | None = None,
         progress: bool = True,
         weights: str | None = None,
+        reuse_after_edit: bool | None = None,
     ) -> Engine:
         """Load a Hugging Face-format directory, a Diffill-Coder adapter directory (with its base
         from the cache, or ``base``), or the default model when ``path`` is None.
@@ -228,7 +240,9 @@ class Engine:
         bf16 on CUDA; on the CPU fp32, except Diffill-Coder, which takes bf16 where it measures
         faster and the fastest CPU weight format measured here (``weights``: plain, int8 or
         fp16 forces one; see ``load_coder``). Never runs code from the directory: safetensors
-        and JSON only.
+        and JSON only. ``reuse_after_edit`` (default ``$DIFFILL_REUSE_AFTER_EDIT``, on): after an
+        edit in the middle of the context, move the K/V after it instead of recomputing it
+        (coder/prefix_cache.py; approximate, 0 turns it off).
         """
         from .coder.load import is_coder_dir, load_coder
 
@@ -244,7 +258,9 @@ class Engine:
                 dtype=lc.dtype,
                 adapter=lc.adapter,
                 window=lc.window.window,
-                prefix_cache=PrefixCache(),
+                prefix_cache=PrefixCache(
+                    shift_keys=lc.model.shift_keys if _reuse_after_edit(reuse_after_edit) else None
+                ),
                 about={
                     "base": str(lc.base_dir),
                     "adapter": str(lc.adapter_dir),

@@ -29,6 +29,9 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.write_mask: torch.Tensor | None = None
+        # positions from here on hold K/V moved after an edit, computed before it (approximate;
+        # coder/prefix_cache.py), None: all exact
+        self.moved_from: int | None = None
 
     @property
     def length(self) -> int:

@@ -178,6 +178,16 @@ def rope_cos_sin(
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+def rope_shift(k: torch.Tensor, delta: int, theta: float) -> torch.Tensor:
+    """Keys rotated for positions p, rotated instead for p + ``delta`` (any shape [..., head_dim]).
+    Rotations compose, so cached keys can move ``delta`` positions without recomputing them."""
+    cos, sin = rope_cos_sin(torch.tensor([delta], device=k.device), k.shape[-1], theta)
+    x = k.float()
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos[0] + rotated * sin[0]).to(k.dtype)
+
+
 @dataclass
 class _Pass:
     """What every layer of one forward shares."""
@@ -424,6 +434,10 @@ class Transformer(nn.Module):
         See diffusion_core/fbgemm_weights.py."""
         linears = [m for blk in self.layers for m in blk.modules() if isinstance(m, nn.Linear)]
         return pack_linears([*linears, self.embed if self.lm_head is None else self.lm_head], kind)
+
+    def shift_keys(self, k: torch.Tensor, delta: int) -> torch.Tensor:
+        """Cached keys moved ``delta`` positions (:func:`rope_shift` with this model's theta)."""
+        return rope_shift(k, delta, self.cfg.rope_theta)
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         p = self.head_weight

@@ -196,10 +196,16 @@ def lend_cache(
     scope: str | None = "",
 ) -> tuple[KVCache, int]:
     """A K/V cache of ``length`` positions and how many context positions it already holds
-    (from ``scope``'s earlier contexts, :meth:`PrefixCache.take`)."""
+    (from ``scope``'s earlier contexts, :meth:`PrefixCache.take`; an edit's hole is run here)."""
     if prefix_cache is None:
         return model.new_cache(1, length), 0
-    return prefix_cache.take(ctx, length, lambda m: model.new_cache(1, m), scope)
+    cache, n, hole = prefix_cache.take(ctx, length, lambda m: model.new_cache(1, m), scope)
+    if hole is not None:
+        a, b = hole
+        device = model.head_weight.device
+        ids = torch.tensor([ctx[a:b]], device=device)
+        model(ids, cache=cache, start=a, attn_mask=step_mask(a, b - a, 0, device))
+    return cache, n
 
 
 def _run(

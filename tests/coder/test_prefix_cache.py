@@ -89,11 +89,11 @@ def test_memory_is_bounded(engine: Engine) -> None:
     per = 2 * one.k.numel() * one.k.element_size()
     cache = PrefixCache(max_bytes=3 * per, slack=0)
     for i in range(6):
-        c, _ = cache.take([i, 1, 2], 64, lambda m: engine.model.new_cache(1, m))
+        c, _, _ = cache.take([i, 1, 2], 64, lambda m: engine.model.new_cache(1, m))
         cache.put([i, 1, 2], c)
     assert cache.stats()["prefix_cache_entries"] == 3 and cache.nbytes <= 3 * per
     # the most recent ones are kept
-    _, n = cache.take([5, 1, 2, 9], 64, lambda m: engine.model.new_cache(1, m))
+    _, n, _ = cache.take([5, 1, 2, 9], 64, lambda m: engine.model.new_cache(1, m))
     assert n == 3
 
 
