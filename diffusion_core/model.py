@@ -38,7 +38,7 @@ from torch import nn
 
 from diffill_kernels.attention import attention as attention_kernel
 from diffill_kernels.rmsnorm import add_rmsnorm, add_rmsnorm_reference, rmsnorm_reference
-from diffill_kernels.rope import rope_qkv_reference, rope_qkv_to_cache
+from diffill_kernels.rope import rope_qkv_reference, rope_qkv_to_cache, rope_rotate
 from diffill_kernels.swiglu import swiglu, swiglu_reference
 
 from .fbgemm_weights import pack_linears, use_packed
@@ -181,11 +181,8 @@ def rope_cos_sin(
 def rope_shift(k: torch.Tensor, delta: int, theta: float) -> torch.Tensor:
     """Keys rotated for positions p, rotated instead for p + ``delta`` (any shape [..., head_dim]).
     Rotations compose, so cached keys can move ``delta`` positions without recomputing them."""
-    cos, sin = rope_cos_sin(torch.tensor([delta], device=k.device), k.shape[-1], theta)
-    x = k.float()
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos[0] + rotated * sin[0]).to(k.dtype)
+    cos, sin = rope_cos_sin(torch.tensor([[delta]], device=k.device), k.shape[-1], theta)
+    return rope_rotate(k, cos, sin)
 
 
 @dataclass

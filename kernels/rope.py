@@ -17,11 +17,11 @@ import torch
 from ._common import can_launch, launches, next_pow2, tl, triton
 from .rmsnorm import rmsnorm_reference
 
-__all__ = ["rope_qkv_reference", "rope_qkv_to_cache", "rope_qkv_to_cache_reference"]
+__all__ = ["rope_qkv_reference", "rope_qkv_to_cache", "rope_qkv_to_cache_reference", "rope_rotate"]
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """fp32 rotation, rounded once; x: [B, N, T, D]; cos/sin: [B, T, D]."""
+def rope_rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """fp32 rotation, rounded once; x: [..., B, N, T, D]; cos/sin: [B, T, D]."""
     xf = x.float()
     half = x.shape[-1] // 2
     rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
@@ -51,7 +51,7 @@ def rope_qkv_reference(
         q = rmsnorm_reference(q, q_norm_weight, eps)
     if k_norm_weight is not None:
         k = rmsnorm_reference(k, k_norm_weight, eps)
-    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+    return rope_rotate(q, cos, sin), rope_rotate(k, cos, sin), v
 
 
 def rope_qkv_to_cache_reference(
