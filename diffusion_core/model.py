@@ -136,7 +136,7 @@ def segment_groups(rows: Sequence[torch.Tensor], total: int) -> torch.Tensor:
 
 def _linear(lin: nn.Linear, x: torch.Tensor, p: _Pass, layer: int, name: str) -> torch.Tensor:
     # weights quantized for a few rows (diffusion_core/int8.py) or packed for fbgemm (fbgemm_weights.py)
-    q = use_int8(lin, x) or use_packed(lin, x)
+    q = use_int8(lin, x) or use_packed(lin, x, p.groups)
     ad = p.adapted
     y = lin(x) if q is None else q.matmul(x, p.groups)
     if q is not None and lin.bias is not None:
@@ -414,7 +414,7 @@ class Transformer(nn.Module):
         """LM head in fp32 (the sampler compares probabilities, so keep them precise). ``groups``:
         each row's request where one call holds several (see :func:`segment_groups`)."""
         head = self.embed if self.lm_head is None else self.lm_head  # tied: packing covers the embedding
-        q = use_int8(head, hidden) or use_packed(head, hidden)
+        q = use_int8(head, hidden) or use_packed(head, hidden, groups)
         return (F.linear(hidden, self.head_weight) if q is None else q.matmul(hidden, groups)).float()
 
     def quantize_int8(self) -> int:
@@ -426,9 +426,9 @@ class Transformer(nn.Module):
         return quantize_linears(linears)
 
     def pack(self, kind: str) -> int:
-        """Weights packed for fbgemm (``kind``: fp16 or w8a8) for every inference matmul on the
-        CPU: every block linear and the LM head (tied: the embedding); returns the bytes added.
-        See diffusion_core/fbgemm_weights.py."""
+        """Weights packed for fbgemm (``kind``: fp16 or w8a8) for the inference matmuls on the
+        CPU (every call in fp32; w8a8 with bf16: the few-row calls) of every block linear and the
+        LM head (tied: the embedding); returns the bytes added. See diffusion_core/fbgemm_weights.py."""
         linears = [m for blk in self.layers for m in blk.modules() if isinstance(m, nn.Linear)]
         return pack_linears([*linears, self.embed if self.lm_head is None else self.lm_head], kind)
 

@@ -116,8 +116,9 @@ def bf16_is_faster(margin: float = 1.2) -> bool:
 
 
 WEIGHT_FORMATS = ("plain", "int8", "fp16", "w8a8")  # how the CPU holds the matmul weights (see load_coder)
-_FP32_ONLY = ("fp16", "w8a8")  # fbgemm's packed formats take fp32 activations
+_FP32_ONLY = ("fp16",)  # fbgemm's fp16 format takes fp32 activations (w8a8: bf16 too, few rows)
 PROMPT_ROWS, ANSWER_STEPS = 256, 8  # a typical single-line request: its prompt, its one-row steps
+STEP_ROWS = 32_768  # the one-row calls' weight: too big for the cache (weight_format_speeds)
 
 
 def _can_run(fmt: str, dtype: torch.dtype) -> bool:
@@ -128,6 +129,8 @@ def _can_run(fmt: str, dtype: torch.dtype) -> bool:
         return int8_available()
     if fmt in _FP32_ONLY:
         return dtype == torch.float32 and packed_available(fmt)
+    if fmt == "w8a8":
+        return dtype in (torch.float32, torch.bfloat16) and packed_available(fmt)
     return fmt == "plain"
 
 
@@ -141,39 +144,48 @@ def _offered(fmt: str, dtype: torch.dtype) -> bool:
 
 @functools.lru_cache(maxsize=4)
 def weight_format_speeds(dtypes: tuple[torch.dtype, ...], n: int = 896, repeats: int = 4) -> dict:
-    """Seconds the matmuls of a typical single-line request take on one [n, 5n] weight: one
+    """Seconds the matmuls of a typical single-line request take per [5n, n] weight: one
     :data:`PROMPT_ROWS`-row call (the prompt, compute-bound) and :data:`ANSWER_STEPS` one-row
     calls (the decoding steps, bound by reading the weight), for every ``(dtype, format)`` the
     choice may pick with those activation dtypes: ``plain`` (the weight in ``dtype``), ``int8``
-    (diffusion_core/int8.py: its few-row path, else plain), ``fp16`` and ``w8a8``
-    (fbgemm_weights.py, fp32 only). Measured interleaved, once per process."""
-    from .fbgemm_weights import pack_weight
+    (diffusion_core/int8.py: its few-row path, else plain), ``fp16`` (fbgemm_weights.py, fp32
+    only) and ``w8a8`` (fbgemm_weights.py: every fp32 call; with bf16 the few-row calls, else
+    plain). The one-row calls are timed on a weight of :data:`STEP_ROWS` rows, scaled to [5n, n]:
+    a model's weights are read from memory at every step, and a weight small enough to stay in
+    the cache hides how each kernel streams them (on a 2-core Xeon with AMX the int8 and w8a8
+    kernels tied on a cached [5n, n] weight, while on the 0.5B base w8a8's step was 1.25x
+    faster). Measured interleaved, once per process."""
+    from .fbgemm_weights import pack_weight, takes_packed
     from .int8 import MAX_ROWS, Int8Weight
 
     linear = torch.nn.functional.linear
-    calls: dict[tuple[torch.dtype, str], Callable[[], object]] = {}
+    scale = 5 * n / STEP_ROWS
+    calls: dict[tuple[torch.dtype, str], tuple[Callable, Callable]] = {}  # (prompt call, step call)
+    w32, tall32 = torch.randn(5 * n, n), torch.randn(STEP_ROWS, n)
+    packs: dict[str, tuple] = {}  # fbgemm packs from fp32 values: one per format, any dtype
     for dt in dtypes:
-        w = torch.randn(5 * n, n, dtype=dt)
-        xs = [torch.randn(PROMPT_ROWS, n, dtype=dt)] + [torch.randn(1, n, dtype=dt)] * ANSWER_STEPS
-
-        def request(mm: Callable[[torch.Tensor], torch.Tensor], xs: list = xs) -> None:
-            for x in xs:
-                mm(x)
-
-        calls[(dt, "plain")] = functools.partial(request, functools.partial(linear, weight=w))
+        w, tall = w32.to(dt), tall32.to(dt)
+        x, x1 = torch.randn(PROMPT_ROWS, n, dtype=dt), torch.randn(1, n, dtype=dt)
+        calls[(dt, "plain")] = (lambda w=w, x=x: linear(x, w), lambda t=tall, x1=x1: linear(x1, t))
         if _offered("int8", dt):
-            q = Int8Weight.quantize(w)
+            q = Int8Weight.quantize(tall)
             try:
-                q.matmul(xs[-1])
+                q.matmul(x1)
             except RuntimeError:  # no int8 kernel for this dtype on this build
                 pass
             else:
-                few = lambda x, q=q, w=w: q.matmul(x) if x.shape[0] <= MAX_ROWS else linear(x, w)  # noqa: E731
-                calls[(dt, "int8")] = functools.partial(request, few)
-        for fmt in _FP32_ONLY:
+                assert PROMPT_ROWS > MAX_ROWS  # the prompt runs the plain weight
+                calls[(dt, "int8")] = (calls[(dt, "plain")][0], lambda q=q, x1=x1: q.matmul(x1))
+        for fmt in ("fp16", "w8a8"):
             if _offered(fmt, dt):
-                calls[(dt, fmt)] = functools.partial(request, pack_weight(w, fmt)[0].matmul)
-    return _best_seconds(calls, repeats)
+                if fmt not in packs:
+                    packs[fmt] = pack_weight(w32, fmt)[0], pack_weight(tall32, fmt)[0]
+                p, pt = packs[fmt]
+                wide = (lambda p=p, x=x: p.matmul(x)) if takes_packed(fmt, x) else calls[(dt, "plain")][0]
+                calls[(dt, fmt)] = (wide, lambda pt=pt, x1=x1: pt.matmul(x1))
+    prompt = _best_seconds({k: f for k, (f, _) in calls.items()}, repeats)
+    step = _best_seconds({k: f for k, (_, f) in calls.items()}, repeats)
+    return {k: prompt[k] + ANSWER_STEPS * scale * step[k] for k in calls}
 
 
 def cpu_numerics(

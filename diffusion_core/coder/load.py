@@ -118,8 +118,9 @@ def load_coder(
     weights: str | None = None,
 ) -> LoadedCoder:
     """The base with the adapter on top. ``weights``, the CPU's weight format: ``plain``,
-    ``int8`` (weight-only int8 for few-row calls, diffusion_core/int8.py), ``fp16`` or ``w8a8``
-    (weights packed for fbgemm, every call, fp32 activations: fbgemm_weights.py); None = as
+    ``int8`` (weight-only int8 for few-row calls, diffusion_core/int8.py), ``fp16`` (weights
+    packed for fbgemm, every call, fp32 activations) or ``w8a8`` (packed for fbgemm: every call
+    with fp32 activations, the few-row calls with bf16: fbgemm_weights.py); None = as
     ``$DIFFILL_WEIGHTS`` says (default: with the dtype, the fastest measured on this CPU).
     Ignored off the CPU."""
     adapter_dir = Path(adapter_dir)

@@ -185,8 +185,10 @@ def test_the_dtype_and_weight_format_follow_the_measurement(monkeypatch: pytest.
     speeds = {(bf16, "plain"): 1.0, (bf16, "int8"): 0.5}
     assert runtime.cpu_numerics(None) == (bf16, "int8") and asked[-1] == (bf16,)
     monkeypatch.delenv("DIFFILL_CPU_DTYPE")
-    # a forced fbgemm format brings its fp32 activations when no dtype was asked for
-    assert runtime.cpu_numerics(None, "w8a8")[0] == fp32 or not packed_available("w8a8")
+    # a forced fp16 format brings its fp32 activations when no dtype was asked for; w8a8 also
+    # runs with bf16 (its few-row calls), so it keeps the dtype measured faster
+    assert runtime.cpu_numerics(None, "fp16")[0] == fp32 or not packed_available("fp16")
+    assert runtime.cpu_numerics(None, "w8a8") == (bf16, "w8a8") or not packed_available("w8a8")
 
 
 def test_a_bad_weight_format_is_refused_by_name(
@@ -197,9 +199,8 @@ def test_a_bad_weight_format_is_refused_by_name(
     with pytest.raises(CheckpointError, match="DIFFILL_WEIGHTS='int3'"):
         Engine.from_pretrained(adapter, base=base, device="cpu", dtype="fp32")
     monkeypatch.delenv("DIFFILL_WEIGHTS")
-    for fmt in ("fp16", "w8a8"):
-        with pytest.raises(CheckpointError, match=f"weights='{fmt}'.*bfloat16"):
-            Engine.from_pretrained(adapter, base=base, device="cpu", dtype="bf16", weights=fmt)
+    with pytest.raises(CheckpointError, match="weights='fp16'.*bfloat16"):
+        Engine.from_pretrained(adapter, base=base, device="cpu", dtype="bf16", weights="fp16")
 
 
 @needs_fp16
@@ -231,3 +232,96 @@ def test_a_w8a8_engine_stays_close_to_the_plain_one(engines: tuple[Engine, ...])
     plain, _, w8a8 = engines
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
     assert_next_tokens_close(plain, w8a8, ids)
+
+
+@needs_w8a8
+@pytest.mark.parametrize("rows", [1, 3, fbgemm_weights.FEW_ROWS])
+def test_w8a8_with_bf16_rows_is_its_plain_reference(rows: int) -> None:
+    """bf16 rows go through fbgemm as fp32 and come back in bf16: the same w8a8 rounding."""
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(300, 96, generator=gen) * 0.05
+    x = (torch.randn(rows, 96, generator=gen) * 3).bfloat16()
+    packed, _ = pack_weight(w.bfloat16(), "w8a8")
+    out = packed.matmul(x)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 300)
+    # exactly the fp32 call (the test above: its plain reference), rounded to bf16
+    assert torch.equal(out, packed.matmul(x.float()).bfloat16())
+    ref = w8a8_reference(x.float(), w.bfloat16().float(), reduce_range=not fbgemm_weights.has_vnni())
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=2e-2)
+    assert (F.linear(x.float(), w) - out.float()).abs().max() > 1e-2  # the rounding is real
+
+
+@pytest.fixture(scope="module")
+def bf16_engines(coder_dirs: tuple[Path, Path]) -> tuple[Engine, ...]:
+    return coder_engines(coder_dirs, "bf16", "plain", "w8a8")
+
+
+@needs_w8a8
+def test_with_bf16_activations_only_few_row_calls_take_w8a8(
+    bf16_engines: tuple[Engine, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU with AMX the prompt runs fastest on the bf16 weights, the decoding steps on w8a8:
+    calls of at most FEW_ROWS rows take the packed weight, wider ones the bf16 weight, which
+    stays as it is; the engine stays close to the plain bf16 one."""
+    plain, w8a8 = bf16_engines
+    m = w8a8.model
+    assert w8a8.about["cpu_weights"]["format"] == "w8a8" and m.head_weight.dtype == torch.bfloat16
+    ref = dict(plain.model.named_parameters())
+    assert all(torch.equal(p, ref[name]) for name, p in m.named_parameters())
+    rows: list[int] = []
+    real = PackedWeight.matmul
+    monkeypatch.setattr(
+        PackedWeight, "matmul", lambda self, x, groups=None: rows.append(x.shape[-2]) or real(self, x, groups)
+    )
+    linears = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
+    per_layer = len(linears) - (m.lm_head is not None)
+    few, wide = fbgemm_weights.FEW_ROWS, fbgemm_weights.FEW_ROWS + 1
+    with torch.inference_mode():
+        for n in (1, few, wide):
+            rows.clear()
+            h = m(torch.arange(5, 5 + n)[None], causal=True)[0]
+            m.logits(h[-1:])  # the head reads one row: packed whatever the prompt's width
+            assert rows == ([n] * per_layer if n <= few else []) + [1]
+    monkeypatch.setattr(PackedWeight, "matmul", real)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
+    assert_next_tokens_close(plain, w8a8, ids, max_tv=0.1)
+
+
+@needs_w8a8
+def test_the_measurement_offers_w8a8_with_bf16_where_the_cpu_has_vnni() -> None:
+    speeds = runtime.weight_format_speeds((torch.bfloat16,))
+    assert ((torch.bfloat16, "w8a8") in speeds) == fbgemm_weights.has_vnni()
+    assert all(v > 0 for v in speeds.values())
+
+
+@needs_w8a8
+def test_in_a_batch_each_requests_bf16_rows_take_the_path_they_take_alone() -> None:
+    """With bf16 activations a batch's call can be wide (another request's prompt) while one
+    request's rows are a few-row step: that request's rows still take w8a8, rounded as its own,
+    and whatever the other request brings (3 rows or 40, any values) they do not move by a bit."""
+    gen = torch.Generator().manual_seed(11)
+    lin = torch.nn.Linear(96, 300, bias=False).bfloat16()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(300, 96, generator=gen) * 0.05)
+    lin.packed = pack_weight(lin.weight, "w8a8")[0]
+    mine = (torch.randn(3, 96, generator=gen) * 3).bfloat16()
+
+    def call(theirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([theirs[:1], mine, theirs[1:]])[None]
+        groups = torch.tensor([1] + [0] * 3 + [1] * (len(theirs) - 1))
+        with torch.inference_mode():
+            q = fbgemm_weights.use_packed(lin, x, groups)
+            assert q is not None
+            return q.matmul(x, groups)[0], groups
+
+    few, _ = call((torch.randn(3, 96, generator=gen) * 0.5).bfloat16())
+    wide_theirs = (torch.randn(40, 96, generator=gen) * 0.5).bfloat16()
+    wide, groups = call(wide_theirs)
+    assert torch.equal(wide[1:4], few[1:4])  # the same rows for me, however many the other sends
+    assert torch.equal(call(wide_theirs * 40)[0][1:4], wide[1:4])
+    with torch.inference_mode():  # mine: the w8a8 rounding of my own call
+        torch.testing.assert_close(wide[1:4].float(), lin.packed.matmul(mine).float(), rtol=1e-2, atol=2e-2)
+        theirs_rows = groups == 1
+        torch.testing.assert_close(wide[theirs_rows], F.linear(wide_theirs, lin.weight), rtol=1e-2, atol=1e-2)
+    # a call of only wide requests runs bf16 throughout
+    assert fbgemm_weights.use_packed(lin, wide_theirs[None], torch.zeros(40, dtype=torch.long)) is None
