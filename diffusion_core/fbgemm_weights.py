@@ -151,21 +151,24 @@ class GroupScaled:
         if groups is None:
             return self.op(x, self.packed, self.reduce_range)
         n, k = x.shape
-        lo_row, hi_row = torch.aminmax(x, dim=1)
+        lo, hi = torch.aminmax(x, dim=1, keepdim=True)  # the range always takes in 0
         count = int(groups.max()) + 1
-        zeros = x.new_zeros(count)  # the range always takes in 0
-        lo = zeros.scatter_reduce(0, groups, lo_row, "amin")[groups, None]
-        hi = zeros.scatter_reduce(0, groups, hi_row, "amax")[groups, None]
-        scale = hi.sub_(lo).div_(self.qmax).clamp_(min=SMALL_SCALE)  # what fbgemm picks for the group
-        zero = lo.div_(scale).neg_().round_().clamp_(0, self.qmax)
+        if count < n:  # a group of several rows: the group's range (else each row is its own)
+            zeros = x.new_zeros(count)
+            lo = zeros.scatter_reduce(0, groups, lo[:, 0], "amin")[groups, None]
+            hi = zeros.scatter_reduce(0, groups, hi[:, 0], "amax")[groups, None]
+        lo = lo.clamp_(max=0.0)
+        scale = hi.clamp_(min=0.0).sub_(lo).div_(self.qmax).clamp_(min=SMALL_SCALE)  # fbgemm's pick
+        zero = lo.div(scale).neg_().round_().clamp_(0, self.qmax)
         h = self.half
+        step = scale * h
         grid = x.new_empty(n + 1, k)
-        torch.addcmul((zero - h) / h, x, 1.0 / (scale * h), out=grid[:n]).clamp_(-1.0, self.top)
+        torch.addcmul(zero.sub(h).div_(h), x, step.reciprocal(), out=grid[:n]).clamp_(-1.0, self.top)
         grid[n] = self.top
         grid[n, 0] = -1.0  # the grid's ends: fbgemm's range, so its scale is 1/H and its zero point H
         y = self.op(grid, self.packed, self.reduce_range)[:n]
         # fbgemm gave (1/H) * sum((q - H) * w): undo the grid's step and the zero point's shift
-        return y.mul_(scale * h).addcmul_(scale * (h - zero), self.row_sums)
+        return y.mul_(step).addcmul_(zero.sub_(h).mul_(scale).neg_(), self.row_sums)
 
 
 SMALL_SCALE = 6.1e-5  # fbgemm's smallest activation scale (SMALL_SCALE_THRESHOLD)
