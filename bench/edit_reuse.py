@@ -79,7 +79,7 @@ def run(engine: Engine, problems: list[dict], max_tokens: int) -> dict:
         stops = stops_for(p, SUBSET)
         order = RUNS[i % 3 :] + RUNS[: i % 3]  # rotated, so no run always goes first
         for name in order:
-            cache.clear()
+            engine.forget()  # no K/V and no prefix cut of an earlier request
             cache.shift_keys = shift if name == "after-edit" else None
             if name != "cold":
                 engine.infill_until(earlier(p["prompt"]), p["suffix"], stops, max_tokens)
@@ -95,7 +95,7 @@ def run(engine: Engine, problems: list[dict], max_tokens: int) -> dict:
             }
         print(f"\r{i + 1}/{len(problems)} ({time.time() - t0:.0f} s)", end="", flush=True)
     print()
-    cache.clear()
+    engine.forget()
     cache.shift_keys = None
     rows = []
     cold = records["cold"]

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from .coder.prefix_cache import PrefixCache
 from .expand_sampler import expand_sample
 from .families import FamilySpec
 from .interface import (
+    ANCHOR_CHARS,
     CancelCheck,
     Cancelled,
     Completion,
@@ -99,6 +101,9 @@ def _reuse_after_edit(forced: bool | None) -> bool:
     raise ValueError(f"DIFFILL_REUSE_AFTER_EDIT must be 1 or 0, got {value!r}")
 
 
+MAX_ANCHORED_SCOPES = 1024  # scopes whose last prefix cut the engine remembers (160 characters each)
+
+
 @dataclass
 class Engine:
     """Owns one model. Calls are serialised by a lock: one worker owns the model."""
@@ -121,6 +126,8 @@ class Engine:
     about: dict = field(default_factory=dict)  # what info() adds (base, adapter, training)
     # Diffill-Coder: context K/V reused across requests from the longest common prefix
     prefix_cache: PrefixCache | None = None
+    # with a prefix cache: per cache scope, where its last prefix cut started (fit_context)
+    _anchors: OrderedDict[str, str] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _runner: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -298,13 +305,29 @@ class Engine:
         return len(self.tokenizer.encode(text))
 
     def fit_context(
-        self, prefix: str, suffix: str, prefix_tokens: int | None = None, suffix_tokens: int | None = None
+        self,
+        prefix: str,
+        suffix: str,
+        prefix_tokens: int | None = None,
+        suffix_tokens: int | None = None,
+        scope: str | None = None,
     ) -> tuple[list[int], list[int]]:
         """Token ids of the prefix and suffix, cut to their budgets from the cursor outwards at
-        line boundaries (``interface.cut_prefix``/``cut_suffix``, as the language server cuts)."""
+        line boundaries (``interface.cut_prefix``/``cut_suffix``, as the language server cuts).
+
+        ``scope`` (a request's cache scope, with a prefix cache): the prefix is cut where that
+        scope's last prefix was cut while the text from there still fits (``cut_prefix``'s
+        anchor), as the language server keeps its cut per document. A client that sends a long
+        file whole (the HTTP APIs) would otherwise see the cut move a line at each line typed,
+        and every such move changes the context's start: none of its K/V could be reused."""
         pb = self.max_prefix_tokens if prefix_tokens is None else prefix_tokens
         sb = self.max_suffix_tokens if suffix_tokens is None else suffix_tokens
-        prefix = cut_prefix(prefix, pb, self.count_tokens)
+        keep = scope is not None and self.prefix_cache is not None
+        prefix = cut_prefix(prefix, pb, self.count_tokens, self._anchors.pop(scope, "") if keep else None)
+        if keep:
+            self._anchors[scope] = prefix[:ANCHOR_CHARS]
+            while len(self._anchors) > MAX_ANCHORED_SCOPES:
+                self._anchors.popitem(last=False)  # the scope that typed longest ago
         suffix = cut_suffix(suffix, sb, self.count_tokens)
         return self.tokenizer.encode(prefix), self.tokenizer.encode(suffix)
 
@@ -359,7 +382,7 @@ class Engine:
                 canvases, taken = [], []
                 for i in idx:
                     prefix, ws = heal_prefix(requests[i].prefix)
-                    p, s = self.fit_context(prefix, requests[i].suffix)
+                    p, s = self.fit_context(prefix, requests[i].suffix, scope=requests[i].cache_scope)
                     canvases.append(Canvas(p, s, requests[i].max_tokens, requests[i].cache_scope))
                     taken.append(ws)
                 outs = self._sample(canvases, opts, cancel, [rules[i] for i in idx])
@@ -375,10 +398,15 @@ class Engine:
         latency = (time.perf_counter() - t0) * 1000.0
         return [replace(c, latency_ms=latency) for c in results if c is not None]
 
-    def close(self) -> None:
-        """Drop the cached context K/V (the model goes with the engine object)."""
+    def forget(self) -> None:
+        """Drop what the engine keeps of earlier requests: their context K/V and prefix cuts."""
         if self.prefix_cache is not None:
             self.prefix_cache.clear()
+        self._anchors.clear()
+
+    def close(self) -> None:
+        """Drop the cached context K/V (the model goes with the engine object)."""
+        self.forget()
 
     def stats(self) -> dict:
         """Counters the language server's status shows (context K/V reuse), where there are any."""
