@@ -19,6 +19,7 @@ import torch
 
 from .checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from .coder.prefix_cache import PrefixCache
+from .compute_thread import on_compute_thread
 from .expand_sampler import expand_sample
 from .families import FamilySpec
 from .interface import (
@@ -245,12 +246,26 @@ class Engine:
         from the cache, or ``base``), or the default model when ``path`` is None.
 
         bf16 on CUDA; on the CPU fp32, except Diffill-Coder, which takes bf16 where it measures
-        faster and the fastest CPU weight format measured here (``weights``: plain, int8 or
-        fp16 forces one; see ``load_coder``). Never runs code from the directory: safetensors
+        faster and the fastest CPU weight format measured here (``weights``: plain, int8, fp16
+        or w8a8 forces one; see ``load_coder``). Never runs code from the directory: safetensors
         and JSON only. ``reuse_after_edit`` (default ``$DIFFILL_REUSE_AFTER_EDIT``, on): after an
         edit in the middle of the context, move the K/V after it instead of recomputing it
-        (coder/prefix_cache.py; approximate, 0 turns it off).
+        (coder/prefix_cache.py; approximate, 0 turns it off). Loads on the compute thread, where
+        every forward runs too (compute_thread.py).
         """
+        return on_compute_thread(cls._load, path, device, dtype, base, progress, weights, reuse_after_edit)
+
+    @classmethod
+    def _load(
+        cls,
+        path: str | Path | None,
+        device: str | torch.device | None,
+        dtype: str | torch.dtype | None,
+        base: str | Path | None,
+        progress: bool,
+        weights: str | None,
+        reuse_after_edit: bool | None,
+    ) -> Engine:
         from .coder.load import is_coder_dir, load_coder
 
         root = resolve_model_path(path)
@@ -362,7 +377,13 @@ class Engine:
     def infill_batch(
         self, requests: Sequence[InfillRequest], cancel: CancelCheck | None = None
     ) -> list[Completion]:
-        """Fill several holes in one batched run (requests with equal options share forwards)."""
+        """Fill several holes in one batched run (requests with equal options share forwards),
+        on the compute thread (compute_thread.py); the caller waits."""
+        return on_compute_thread(self._infill_batch, requests, cancel)
+
+    def _infill_batch(
+        self, requests: Sequence[InfillRequest], cancel: CancelCheck | None
+    ) -> list[Completion]:
         if not requests:
             return []
         t0 = time.perf_counter()

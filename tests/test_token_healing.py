@@ -29,9 +29,9 @@ def test_the_engine_heals_before_the_model_runs(monkeypatch) -> None:  # noqa: A
     seen: list[str] = []
     real = engine.fit_context
 
-    def spy(prefix: str, suffix: str, *a):  # noqa: ANN002, ANN202
+    def spy(prefix: str, suffix: str, *a, **kw):  # noqa: ANN002, ANN003, ANN202
         seen.append(prefix)
-        return real(prefix, suffix, *a)
+        return real(prefix, suffix, *a, **kw)
 
     monkeypatch.setattr(engine, "fit_context", spy)
     monkeypatch.setattr(engine.tokenizer, "decode", lambda ids: "    pass")
