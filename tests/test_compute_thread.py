@@ -22,7 +22,8 @@ def test_the_engine_loads_and_decodes_on_the_compute_thread_whoever_calls(
 ) -> None:
     where: list[str] = []
     real = engine._sample
-    monkeypatch.setattr(engine, "_sample", lambda *a: where.append(threading.current_thread().name) or real(*a))
+    spy = lambda *a: where.append(threading.current_thread().name) or real(*a)  # noqa: E731
+    monkeypatch.setattr(engine, "_sample", spy)
     request = InfillRequest("def add(a, b):\n    return ", "\n", max_tokens=4)
     first = engine.infill_batch([request])
     worker = threading.Thread(target=lambda: engine.infill_batch([request]))

@@ -104,6 +104,16 @@ def test_w8a8_rounds_each_group_of_rows_as_its_own_call(vnni: bool, monkeypatch:
     assert (packed.matmul(x)[at[1]] - out[at[1]]).abs().max() > 1e-3
 
 
+def record_packed_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The row count of every packed matmul from now on (the test's calls still run)."""
+    rows: list[int] = []
+    real = PackedWeight.matmul
+    monkeypatch.setattr(
+        PackedWeight, "matmul", lambda self, x, groups=None: rows.append(x.shape[-2]) or real(self, x, groups)
+    )
+    return rows
+
+
 @pytest.fixture(scope="module")
 def engines(coder_dirs: tuple[Path, Path]) -> tuple[Engine, ...]:
     return coder_engines(coder_dirs, "fp32", "plain", "fp16", "w8a8")
@@ -125,11 +135,7 @@ def test_every_inference_matmul_takes_the_packed_weights(
     else:  # w8a8 leaves every weight as it is (a tied embedding: exact lookups)
         ref = dict(plain.model.named_parameters())
         assert all(torch.equal(p, ref[name]) for name, p in m.named_parameters())
-    rows: list[int] = []
-    real = PackedWeight.matmul
-    monkeypatch.setattr(
-        PackedWeight, "matmul", lambda self, x, groups=None: rows.append(x.shape[-2]) or real(self, x, groups)
-    )
+    rows = record_packed_rows(monkeypatch)
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
     with torch.inference_mode():
         m.logits(m(ids, causal=True)[0])  # 7 rows: packed as well (no row limit)
@@ -268,11 +274,7 @@ def test_with_bf16_activations_only_few_row_calls_take_w8a8(
     assert w8a8.about["cpu_weights"]["format"] == "w8a8" and m.head_weight.dtype == torch.bfloat16
     ref = dict(plain.model.named_parameters())
     assert all(torch.equal(p, ref[name]) for name, p in m.named_parameters())
-    rows: list[int] = []
-    real = PackedWeight.matmul
-    monkeypatch.setattr(
-        PackedWeight, "matmul", lambda self, x, groups=None: rows.append(x.shape[-2]) or real(self, x, groups)
-    )
+    rows = record_packed_rows(monkeypatch)
     linears = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
     per_layer = len(linears) - (m.lm_head is not None)
     few, wide = fbgemm_weights.FEW_ROWS, fbgemm_weights.FEW_ROWS + 1
@@ -282,7 +284,7 @@ def test_with_bf16_activations_only_few_row_calls_take_w8a8(
             h = m(torch.arange(5, 5 + n)[None], causal=True)[0]
             m.logits(h[-1:])  # the head reads one row: packed whatever the prompt's width
             assert rows == ([n] * per_layer if n <= few else []) + [1]
-    monkeypatch.setattr(PackedWeight, "matmul", real)
+    monkeypatch.undo()
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3]])
     assert_next_tokens_close(plain, w8a8, ids, max_tv=0.1)
 
