@@ -31,7 +31,7 @@ With bf16 activations (a CPU with AMX, where bf16 runs the wide prompt fastest) 
 the few-row calls, up to :data:`FEW_ROWS` rows (the decoding steps and the LM head), their rows
 converted to fp32 and back; wider calls run the bf16 weight, which stays as it is. Measured on a
 2-core Xeon with AMX: the 896 x 9,728 gate/up matmul took 0.22 / 0.25 / 0.35 ms over 1 / 8 / 16
-rows in w8a8 against 0.57-0.66 ms in bf16 (0.25 / 0.93 / 1.78 ms with int8.py's weight-only
+rows in w8a8 against 0.57-0.66 ms in bf16 (0.25 / 0.93 / 1.78 ms with weight_only.py's int8
 kernel, whose cost grows with every row), and 0.98 against 0.93 ms over 64 rows; the LM head
 3.1 ms against 14 ms (6.9 ms in int8) over one row. A decoding step of the 0.5B base went from
 41 ms (bf16 + int8) to 33 ms, the 240-token prompt stayed at 181 ms.

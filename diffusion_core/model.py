@@ -42,8 +42,8 @@ from diffill_kernels.rope import rope_qkv_reference, rope_qkv_to_cache, rope_rot
 from diffill_kernels.swiglu import swiglu, swiglu_reference
 
 from .fbgemm_weights import pack_linears, use_packed
-from .int8 import quantize_linears, use_int8
 from .kv_cache import KVCache
+from .weight_only import quantize_linears, use_weight_only
 
 
 @dataclass
@@ -135,8 +135,8 @@ def segment_groups(rows: Sequence[torch.Tensor], total: int) -> torch.Tensor:
 
 
 def _linear(lin: nn.Linear, x: torch.Tensor, p: _Pass, layer: int, name: str) -> torch.Tensor:
-    # weights quantized for a few rows (diffusion_core/int8.py) or packed for fbgemm (fbgemm_weights.py)
-    q = use_int8(lin, x) or use_packed(lin, x, p.groups)
+    # weights quantized for a few rows (weight_only.py) or packed for fbgemm (fbgemm_weights.py)
+    q = use_weight_only(lin, x) or use_packed(lin, x, p.groups)
     ad = p.adapted
     y = lin(x) if q is None else q.matmul(x, p.groups)
     if q is not None and lin.bias is not None:
@@ -414,23 +414,28 @@ class Transformer(nn.Module):
         """LM head in fp32 (the sampler compares probabilities, so keep them precise). ``groups``:
         each row's request where one call holds several (see :func:`segment_groups`)."""
         head = self.embed if self.lm_head is None else self.lm_head  # tied: packing covers the embedding
-        q = use_int8(head, hidden) or use_packed(head, hidden, groups)
+        q = use_weight_only(head, hidden) or use_packed(head, hidden, groups)
         return (F.linear(hidden, self.head_weight) if q is None else q.matmul(hidden, groups)).float()
 
-    def quantize_int8(self) -> int:
-        """Weight-only int8 for few-row calls on every block linear and an untied LM head (the
-        embedding stays exact); returns the bytes added. See diffusion_core/int8.py."""
+    def quantize(self, kind: str) -> int:
+        """Weight-only ``kind`` for few-row calls on every block linear, and in int8 an untied LM
+        head (a tied one is the embedding, which stays exact; an int4 head costs quality, so int4
+        leaves the head to :meth:`pack`); returns the bytes added. See diffusion_core/weight_only.py."""
         linears = [m for blk in self.layers for m in blk.modules() if isinstance(m, nn.Linear)]
-        if self.lm_head is not None:
+        if self.lm_head is not None and kind == "int8":
             linears.append(self.lm_head)
-        return quantize_linears(linears)
+        return quantize_linears(linears, kind)
 
-    def pack(self, kind: str) -> int:
+    def pack(self, kind: str, head_only: bool = False) -> int:
         """Weights packed for fbgemm (``kind``: fp16 or w8a8) for the inference matmuls on the
-        CPU (every call in fp32; w8a8 with bf16: the few-row calls) of every block linear and the
-        LM head (tied: the embedding); returns the bytes added. See diffusion_core/fbgemm_weights.py."""
+        CPU (every call in fp32; w8a8 with bf16: the few-row calls) of every block linear (unless
+        ``head_only``) and the LM head (tied: the embedding); returns the bytes added. See
+        diffusion_core/fbgemm_weights.py."""
+        head = self.embed if self.lm_head is None else self.lm_head
+        if head_only:
+            return pack_linears([head], kind)
         linears = [m for blk in self.layers for m in blk.modules() if isinstance(m, nn.Linear)]
-        return pack_linears([*linears, self.embed if self.lm_head is None else self.lm_head], kind)
+        return pack_linears([*linears, head], kind)
 
     def shift_keys(self, k: torch.Tensor, delta: int) -> torch.Tensor:
         """Cached keys moved ``delta`` positions (:func:`rope_shift` with this model's theta)."""

@@ -18,6 +18,7 @@ __all__ = [
     "cpu_name",
     "cpu_threads",
     "fit_threads",
+    "head_format",
     "WEIGHT_FORMATS",
     "cpu_numerics",
     "matmul_speeds",
@@ -115,7 +116,8 @@ def bf16_is_faster(margin: float = 1.2) -> bool:
     return s["bf16"] * margin < s["fp32"]
 
 
-WEIGHT_FORMATS = ("plain", "int8", "fp16", "w8a8")  # how the CPU holds the matmul weights (see load_coder)
+# how the CPU holds the matmul weights (see load_coder)
+WEIGHT_FORMATS = ("plain", "int8", "int4", "fp16", "w8a8")
 _FP32_ONLY = ("fp16",)  # fbgemm's fp16 format takes fp32 activations (w8a8: bf16 too, few rows)
 PROMPT_ROWS, ANSWER_STEPS = 256, 8  # a typical single-line request: its prompt, its one-row steps
 STEP_ROWS = 32_768  # the one-row calls' weight: too big for the cache (weight_format_speeds)
@@ -123,10 +125,10 @@ STEP_ROWS = 32_768  # the one-row calls' weight: too big for the cache (weight_f
 
 def _can_run(fmt: str, dtype: torch.dtype) -> bool:
     from .fbgemm_weights import packed_available
-    from .int8 import int8_available
+    from .weight_only import QUANT_KINDS, quant_available
 
-    if fmt == "int8":
-        return int8_available()
+    if fmt in QUANT_KINDS:
+        return quant_available(fmt)
     if fmt in _FP32_ONLY:
         return dtype == torch.float32 and packed_available(fmt)
     if fmt == "w8a8":
@@ -136,10 +138,21 @@ def _can_run(fmt: str, dtype: torch.dtype) -> bool:
 
 def _offered(fmt: str, dtype: torch.dtype) -> bool:
     """Formats the measured choice may pick: w8a8 only with VNNI, where its activations keep 8
-    bits (fbgemm_weights.py: 7 bits measured 4 points of pass@1 worse); forcing it works anywhere."""
+    bits (fbgemm_weights.py: 7 bits measured 4 points of pass@1 worse); never int4, which costs
+    about a point of pass@1 and whose gain (fewer bytes streamed from memory at every step) a
+    weight small enough to time at load does not show where it fits the CPU's cache (a 2-core
+    Xeon with a 300 MB L3: int4 timed slower than w8a8 there, yet the 0.5B base's step ran 1.22x
+    faster, README). Forcing either works anywhere."""
     from .fbgemm_weights import has_vnni
 
-    return _can_run(fmt, dtype) and (fmt != "w8a8" or has_vnni())
+    return _can_run(fmt, dtype) and fmt != "int4" and (fmt != "w8a8" or has_vnni())
+
+
+def head_format(fmt: str, dtype: torch.dtype) -> str | None:
+    """The LM head's own format where it differs from the blocks': an int4 model's head keeps 8
+    bits (weight_only.py: int4 there cost quality and no speed), w8a8 where the measured choice
+    would offer it; None: the head goes with the blocks (or stays plain)."""
+    return "w8a8" if fmt == "int4" and _offered("w8a8", dtype) else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -148,15 +161,15 @@ def weight_format_speeds(dtypes: tuple[torch.dtype, ...], n: int = 896, repeats:
     :data:`PROMPT_ROWS`-row call (the prompt, compute-bound) and :data:`ANSWER_STEPS` one-row
     calls (the decoding steps, bound by reading the weight), for every ``(dtype, format)`` the
     choice may pick with those activation dtypes: ``plain`` (the weight in ``dtype``), ``int8``
-    (diffusion_core/int8.py: its few-row path, else plain), ``fp16`` (fbgemm_weights.py, fp32
-    only) and ``w8a8`` (fbgemm_weights.py: every fp32 call; with bf16 the few-row calls, else
-    plain). The one-row calls are timed on a weight of :data:`STEP_ROWS` rows, scaled to [5n, n]:
-    a model's weights are read from memory at every step, and a weight small enough to stay in
-    the cache hides how each kernel streams them (on a 2-core Xeon with AMX the int8 and w8a8
-    kernels tied on a cached [5n, n] weight, while on the 0.5B base w8a8's step was 1.25x
-    faster). Measured interleaved, once per process."""
+    and ``int4`` (diffusion_core/weight_only.py: its few-row path, else plain), ``fp16``
+    (fbgemm_weights.py, fp32 only) and ``w8a8`` (fbgemm_weights.py: every fp32 call; with bf16
+    the few-row calls, else plain). The one-row calls are timed on a weight of :data:`STEP_ROWS`
+    rows, scaled to [5n, n]: a model's weights are read from memory at every step, and a weight
+    small enough to stay in the cache hides how each kernel streams them (on a 2-core Xeon with
+    AMX the int8 and w8a8 kernels tied on a cached [5n, n] weight, while on the 0.5B base w8a8's
+    step was 1.25x faster). Measured interleaved, once per process."""
     from .fbgemm_weights import pack_weight, takes_packed
-    from .int8 import MAX_ROWS, Int8Weight
+    from .weight_only import MAX_ROWS, QUANT_KINDS, quantize_weight
 
     linear = torch.nn.functional.linear
     scale = 5 * n / STEP_ROWS
@@ -167,15 +180,15 @@ def weight_format_speeds(dtypes: tuple[torch.dtype, ...], n: int = 896, repeats:
         w, tall = w32.to(dt), tall32.to(dt)
         x, x1 = torch.randn(PROMPT_ROWS, n, dtype=dt), torch.randn(1, n, dtype=dt)
         calls[(dt, "plain")] = (lambda w=w, x=x: linear(x, w), lambda t=tall, x1=x1: linear(x1, t))
-        if _offered("int8", dt):
-            q = Int8Weight.quantize(tall)
-            try:
-                q.matmul(x1)
-            except RuntimeError:  # no int8 kernel for this dtype on this build
-                pass
-            else:
+        for fmt in QUANT_KINDS:
+            if _offered(fmt, dt):
+                q, _ = quantize_weight(tall, fmt)
+                try:
+                    q.matmul(x1)
+                except RuntimeError:  # no kernel for this dtype on this build
+                    continue
                 assert PROMPT_ROWS > MAX_ROWS  # the prompt runs the plain weight
-                calls[(dt, "int8")] = (calls[(dt, "plain")][0], lambda q=q, x1=x1: q.matmul(x1))
+                calls[(dt, fmt)] = (calls[(dt, "plain")][0], lambda q=q, x1=x1: q.matmul(x1))
         for fmt in ("fp16", "w8a8"):
             if _offered(fmt, dt):
                 if fmt not in packs:

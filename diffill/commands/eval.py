@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "decoding of the base alone, qX = the model at quality X, tiny = the 1.3M test model, "
         "prompt = the prompt and one answer token (the floor every decoder's latency sits on), "
         "llama.cpp = the same GGUF through llama-cpp-python (if installed); qX/wN sets the window to N, "
-        "a +plain, +int8, +fp16 or +w8a8 suffix forces that CPU weight format (default: as measured at load)",
+        "a +plain, +int8, +int4, +fp16 or +w8a8 suffix forces that CPU weight format "
+        "(default: as measured at load)",
     )
     p.add_argument("--out-dir", metavar="DIR", help="with --compare: write JSON, markdown and samples here")
 
@@ -221,7 +222,8 @@ def _compare(args: argparse.Namespace, problems: list[dict]) -> int:
         else:
             raise CommandError(
                 f"--compare: unknown decoder {name!r} "
-                "(ar, qX, qX/wN, prompt, tiny, llama.cpp; +plain/+int8/+fp16 on ar, prompt and qX)"
+                "(ar, qX, qX/wN, prompt, tiny, llama.cpp; a +FORMAT of runtime.WEIGHT_FORMATS on ar, "
+                "prompt and qX)"
             )
     rows = compare(decoders, problems, args.subset, workers=args.workers)
     print(markdown_table(rows, args.subset))

@@ -19,8 +19,9 @@ import torch
 from ..checkpoint import CheckpointError, load_model, load_tokenizer, read_config, resolve_device
 from ..families import FamilySpec
 from ..model import Transformer
-from ..runtime import cpu_numerics, fit_threads
+from ..runtime import cpu_numerics, fit_threads, head_format
 from ..tokenizer import Tokenizer
+from ..weight_only import QUANT_KINDS
 from .adapter import Adapter, AdapterError, load_adapter
 from .family import FIM_ORDERS, coder_family
 from .window_policy import WindowChoice, choose_window
@@ -68,8 +69,8 @@ class LoadedCoder:
     base_dir: Path
     adapter_dir: Path
     config: dict[str, Any]
-    weights: str = "plain"  # CPU weight format (runtime.WEIGHT_FORMATS): plain, int8, fp16 or w8a8
-    weights_bytes: int = 0  # what the int8 or packed (fp16, w8a8) copies add
+    weights: str = "plain"  # CPU weight format (runtime.WEIGHT_FORMATS): plain, int8, int4, fp16 or w8a8
+    weights_bytes: int = 0  # what the quantized (int8, int4) or packed (fp16, w8a8) copies add
 
 
 def coder_numerics(
@@ -118,7 +119,7 @@ def load_coder(
     weights: str | None = None,
 ) -> LoadedCoder:
     """The base with the adapter on top. ``weights``, the CPU's weight format: ``plain``,
-    ``int8`` (weight-only int8 for few-row calls, diffusion_core/int8.py), ``fp16`` (weights
+    ``int8`` or ``int4`` (weight-only, for few-row calls: diffusion_core/weight_only.py), ``fp16`` (weights
     packed for fbgemm, every call, fp32 activations) or ``w8a8`` (packed for fbgemm: every call
     with fp32 activations, the few-row calls with bf16: fbgemm_weights.py); None = as
     ``$DIFFILL_WEIGHTS`` says (default: with the dtype, the fastest measured on this CPU).
@@ -137,7 +138,9 @@ def load_coder(
             f"the adapter in {adapter_dir} was trained on a base of shape {want}, but {base_dir} has "
             f"{base_shape(model)} (Diffill-Coder needs a Qwen2.5-Coder-0.5B or -0.5B-Instruct base)"
         )
-    added = model.quantize_int8() if fmt == "int8" else model.pack(fmt) if fmt != "plain" else 0
+    added = model.quantize(fmt) if fmt in QUANT_KINDS else model.pack(fmt) if fmt != "plain" else 0
+    if (head := head_format(fmt, dt)) is not None:  # an int4 model's LM head keeps 8 bits
+        added += model.pack(head, head_only=True)
     tok, _ = load_tokenizer(base_dir)
     try:
         # fp32 factors on the CPU (thin matmuls run faster than in bf16 there); the model's dtype on GPUs
