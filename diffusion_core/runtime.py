@@ -182,7 +182,7 @@ def weight_format_speeds(dtypes: tuple[torch.dtype, ...], n: int = 896, repeats:
         calls[(dt, "plain")] = (lambda w=w, x=x: linear(x, w), lambda t=tall, x1=x1: linear(x1, t))
         for fmt in QUANT_KINDS:
             if _offered(fmt, dt):
-                q, _ = quantize_weight(tall, fmt)
+                q, _ = quantize_weight(tall, fmt, values=False)
                 try:
                     q.matmul(x1)
                 except RuntimeError:  # no kernel for this dtype on this build

@@ -63,13 +63,14 @@ class Int8Weight:
     scale: torch.Tensor  # [out], the activation dtype (the kernel's requirement)
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor) -> tuple[Int8Weight, torch.Tensor]:
-        """Symmetric per-output-row int8 (scale = max |w| / 127), and the weight it stands for."""
+    def quantize(cls, weight: torch.Tensor, values: bool = True) -> tuple[Int8Weight, torch.Tensor | None]:
+        """Symmetric per-output-row int8 (scale = max |w| / 127), and the weight it stands for
+        (None unless ``values``)."""
         w = weight.detach().float()
         scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).to(weight.dtype)
         q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
         out = cls(q.contiguous(), scale.contiguous())
-        return out, out.dequantize()
+        return out, out.dequantize() if values else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -103,20 +104,23 @@ class Int4Weight:
         return weight.dim() == 2 and weight.shape[0] % 16 == 0 and weight.shape[1] % group == 0
 
     @classmethod
-    def quantize(cls, weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[Int4Weight, torch.Tensor]:
+    def quantize(
+        cls, weight: torch.Tensor, values: bool = True, group: int = INT4_GROUP
+    ) -> tuple[Int4Weight, torch.Tensor | None]:
         """Asymmetric int4 per ``group`` inputs (the group's min and max are levels 0 and 15), and
-        the weight it stands for in ``weight``'s dtype (what the kernel computes with)."""
+        the weight it stands for in ``weight``'s dtype, as the kernel computes with it (None
+        unless ``values``)."""
         out_f, in_f = weight.shape
         g = weight.detach().float().reshape(out_f, in_f // group, group)
         lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
         scale = ((hi - lo) / 15).clamp(min=1e-12)
         q = ((g - lo) / scale).round().clamp(0, 15)
-        zero = lo + 8 * scale  # the kernel's convention: w = (q - 8) * scale + zero
-        sz = torch.stack([scale[..., 0], zero[..., 0]], dim=-1).transpose(0, 1).to(weight.dtype)
-        s, z = (sz[..., i].transpose(0, 1).float()[..., None] for i in (0, 1))  # as the kernel reads them
-        values = (q - 8) * s + z
+        # the kernel's convention, w = (q - 8) * scale + zero, with scale and zero in weight's dtype
+        s, z = (t.to(weight.dtype).float() for t in (scale, lo + 8 * scale))
+        sz = torch.stack([s[..., 0], z[..., 0]], dim=-1).transpose(0, 1).to(weight.dtype)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(out_f, in_f).to(torch.int32), 8)
-        return cls(packed, sz.contiguous(), group), values.reshape(out_f, in_f).to(weight.dtype)
+        stands_for = ((q - 8) * s + z).reshape(out_f, in_f).to(weight.dtype) if values else None
+        return cls(packed, sz.contiguous(), group), stands_for
 
     @property
     def dtype(self) -> torch.dtype:
@@ -137,11 +141,14 @@ class Int4Weight:
 QuantWeight = Int8Weight | Int4Weight
 
 
-def quantize_weight(weight: torch.Tensor, kind: str) -> tuple[QuantWeight, torch.Tensor]:
-    """``weight`` as a ``kind`` copy, and the values that copy stands for (``weight``'s dtype)."""
+def quantize_weight(
+    weight: torch.Tensor, kind: str, values: bool = True
+) -> tuple[QuantWeight, torch.Tensor | None]:
+    """``weight`` as a ``kind`` copy, and the values that copy stands for in ``weight``'s dtype
+    (None unless ``values``: a timing needs only the copy)."""
     if kind not in QUANT_KINDS:
         raise ValueError(f"unknown weight-only kind {kind!r} (use {', '.join(QUANT_KINDS)})")
-    return (Int8Weight if kind == "int8" else Int4Weight).quantize(weight)
+    return (Int8Weight if kind == "int8" else Int4Weight).quantize(weight, values)
 
 
 def use_weight_only(module: nn.Module, x: torch.Tensor) -> QuantWeight | None:
